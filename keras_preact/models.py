@@ -1,0 +1,357 @@
+"""Builders for the paper's networks: one generic `PreActResNet` and the named depths.
+
+A builder knows only how units stack into stages; the units know their own layout (`units.py`).
+The arguments follow keras.applications, so the models drop into code written for `ResNet50V2`.
+"""
+
+import os
+import re
+
+import keras
+
+from keras_preact.units import BLOCKS, CONV_INITIALIZER, ResidualUnit, check_choice
+from keras_preact.units import BN_EPSILON, BN_MOMENTUM
+
+STEMS = ("cifar", "imagenet")
+
+# CIFAR: three stages at 32, 16, 8 pixels; (basic filters, stride) per stage. Bottleneck widths
+# are the same 16/32/64 with 4x wider outputs.
+CIFAR_STAGES = ((16, 1), (32, 2), (64, 2))
+CIFAR_DEPTH_RULE = {"bottleneck": (9, 2), "basic": (6, 2)}  # depth = a * n + b
+
+# ImageNet (FAIR preresnet.lua): bottleneck widths 64/128/256/512, units per stage by depth.
+IMAGENET_STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
+IMAGENET_UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
+
+DEFAULTS = {  # stem -> (input_shape, classes, bottleneck stride placement)
+    "cifar": ((32, 32, 3), 10, "first_1x1"),
+    "imagenet": ((224, 224, 3), 1000, "3x3"),
+}
+TOTAL_STRIDE = {"cifar": 4, "imagenet": 32}
+
+# Torch's nn.Linear init, uniform(±1/sqrt(fan_in)); the official code zeroes the bias.
+DENSE_INITIALIZER = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 1.0 / 3.0, "mode": "fan_in", "distribution": "uniform"},
+}
+
+
+def units_per_stage(depth, block, stem):
+    """Residual units in each stage for a network of `depth` layers, or a ValueError."""
+    if stem == "imagenet":
+        if block != "bottleneck" or depth not in IMAGENET_UNITS:
+            valid = ", ".join(str(d) for d in IMAGENET_UNITS)
+            raise ValueError(
+                f"An ImageNet pre-activation ResNet has depth {valid} with block='bottleneck'; "
+                f"got depth={depth!r}, block={block!r}."
+            )
+        return IMAGENET_UNITS[depth]
+    if not isinstance(depth, int) or isinstance(depth, bool):
+        raise ValueError(f"depth must be an integer, got {depth!r}.")
+    a, b = CIFAR_DEPTH_RULE[block]
+    n, remainder = divmod(depth - b, a)
+    if remainder or n < 1:
+        lower = max(a * n + b, a + b)
+        nearest = sorted({lower, lower + a} if remainder else {a + b})
+        other = "basic" if block == "bottleneck" else "bottleneck"
+        oa, ob = CIFAR_DEPTH_RULE[other]
+        hint = ""
+        if depth > ob and (depth - ob) % oa == 0:
+            hint = f" depth={depth} fits block={other!r} ({oa}n+{ob})."
+        raise ValueError(
+            f"A CIFAR ResNet with block={block!r} has depth {a}n+{b} (n >= 1); depth={depth} "
+            f"does not fit. Nearest valid depths: {', '.join(map(str, nearest))}.{hint}"
+        )
+    return (n,) * len(CIFAR_STAGES)
+
+
+def _validate_input_shape(input_shape, stem, data_format):
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"input_shape must have 3 dimensions (height, width, channels), got {input_shape}."
+        )
+    channels = input_shape[-1] if data_format == "channels_last" else input_shape[0]
+    spatial = input_shape[:2] if data_format == "channels_last" else input_shape[1:]
+    if channels != 3:
+        raise ValueError(
+            f"input_shape {tuple(input_shape)} has {channels} channels; these networks take RGB "
+            f"images with 3 channels ({data_format})."
+        )
+    minimum = TOTAL_STRIDE[stem]
+    if any(size is not None and size < minimum for size in spatial):
+        raise ValueError(
+            f"input_shape {tuple(input_shape)} is too small: the {stem} network downsamples "
+            f"{minimum}x, so height and width must be at least {minimum}."
+        )
+
+
+def _inputs(input_tensor, input_shape, stem, data_format):
+    if input_shape is None:
+        default = DEFAULTS[stem][0]
+        input_shape = default if data_format == "channels_last" else (3, *default[:2])
+        if input_tensor is not None:
+            input_shape = tuple(input_tensor.shape[1:])
+    _validate_input_shape(tuple(input_shape), stem, data_format)
+    if input_tensor is None:
+        return keras.Input(shape=input_shape, name="images")
+    if not keras.backend.is_keras_tensor(input_tensor):
+        return keras.Input(tensor=input_tensor, shape=input_shape, name="images")
+    return input_tensor
+
+
+def _batch_norm(name, axis):
+    return keras.layers.BatchNormalization(
+        axis=axis, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+    )
+
+
+def _stem(x, stem, data_format, axis):
+    conv_args = dict(
+        use_bias=False,
+        kernel_initializer=keras.initializers.get(CONV_INITIALIZER),
+        data_format=data_format,
+    )
+    if stem == "cifar":
+        # No BN-ReLU: the first unit pre-activates (resnet-pre-act.lua).
+        return keras.layers.Conv2D(16, 3, padding="same", name="conv1", **conv_args)(x)
+    # Explicit symmetric padding = Torch's 7x7/2 pad 3 and 3x3/2 max-pool pad 1; after the ReLU,
+    # zero padding equals Torch's -inf padding for the max-pool.
+    x = keras.layers.ZeroPadding2D(3, data_format=data_format, name="conv1_pad")(x)
+    x = keras.layers.Conv2D(64, 7, strides=2, name="conv1_conv", **conv_args)(x)
+    x = _batch_norm("conv1_bn", axis)(x)
+    x = keras.layers.ReLU(name="conv1_relu")(x)
+    x = keras.layers.ZeroPadding2D(1, data_format=data_format, name="pool1_pad")(x)
+    return keras.layers.MaxPooling2D(3, strides=2, data_format=data_format, name="pool1_pool")(x)
+
+
+def _load_weights(model, weights, description):
+    if weights is None:
+        return
+    no_presets = (
+        "No pretrained weights are published for these networks: train one (examples/cifar.py) "
+        "and pass its `.weights.h5` file, or pass None for random initialisation."
+    )
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"weights must be None or the path to a weights file, got {weights!r}. {no_presets}")
+    path = os.fspath(weights)
+    if not os.path.exists(path):
+        if os.sep not in path and "." not in path:  # a preset name such as "imagenet"
+            raise ValueError(f"weights={path!r} is not a file. {no_presets}")
+        raise FileNotFoundError(
+            f"weights file {path!r} does not exist. Pass None for random initialisation, or the "
+            "path of a `.weights.h5` file saved from the same network."
+        )
+    try:
+        model.load_weights(path)
+    except (ValueError, KeyError) as error:
+        # Keras lists the failing layers after a dump of their arrays; name the layers only.
+        message = str(error)
+        failed = list(dict.fromkeys(re.findall(r"name=([\w.-]+)", message.rpartition("could not be loaded")[2])))
+        shown = ", ".join(failed[:6]) + (", ..." if len(failed) > 6 else "")
+        detail = f"missing or differently shaped weights in layer(s) {shown}" if failed else message[:500]
+        raise ValueError(
+            f"weights file {path!r} does not fit {description}: {detail}. Build the model with the "
+            "depth, block, classes and include_top the weights were saved with."
+        ) from error
+
+
+def PreActResNet(
+    depth,
+    block="bottleneck",
+    stem="cifar",
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=None,
+    classifier_activation="softmax",
+    downsample="projection",
+    name=None,
+):
+    """Builds a pre-activation ResNet (He et al., "Identity Mappings in Deep Residual Networks").
+
+    Every unit is the full pre-activation unit (`ResidualUnit`); the first unit of each stage
+    applies its BN → ReLU before splitting, so its projection shortcut reads the pre-activated
+    tensor; the last unit is followed by BN → ReLU, global average pooling and the classifier.
+    The model takes *normalised* images (`keras_preact` data pipelines and exported serving
+    signatures normalise); it contains no preprocessing.
+
+    Args:
+        depth: number of weighted layers. CIFAR: `9n+2` with bottleneck units (164, 1001) or
+            `6n+2` with basic units (110). ImageNet: 50, 101, 152 or 200.
+        block: `"bottleneck"` or `"basic"` (CIFAR only).
+        stem: `"cifar"` (3×3 conv to 16 channels; stages at 32/16/8 px; the bottleneck stride on
+            the first 1×1 conv, as in the official `resnet-pre-act.lua`) or `"imagenet"` (7×7/2
+            conv, BN, ReLU, 3×3/2 max-pool; the stride on the 3×3 conv, as in FAIR's code).
+        include_top: whether to end in the dense classifier.
+        weights: `None` (random init) or the path to a weights file of the same network.
+        input_tensor: optional tensor to use as the model's input.
+        input_shape: optional `(height, width, 3)` (channels-last); defaults to (32, 32, 3) for
+            CIFAR and (224, 224, 3) for ImageNet. Height and width may be None.
+        pooling: with `include_top=False`: `None` (4-D feature map), `"avg"` or `"max"`.
+        classes: number of classes; defaults to 10 (CIFAR) or 1000 (ImageNet).
+        classifier_activation: activation of the classifier, e.g. `"softmax"` or `None` for
+            logits.
+        downsample: shortcut where a unit changes shape: `"projection"` (1×1 conv, the paper's
+            choice) or `"zero_pad"` (parameter-free, FAIR's CIFAR option for basic units).
+        name: model name; defaults to `"preact_resnet{depth}"`.
+
+    Returns:
+        A functional `keras.Model`.
+
+    Example:
+
+    >>> import keras_preact
+    >>> model = keras_preact.PreActResNet(20, block="basic")
+    >>> model.count_params()
+    273658
+    """
+    check_choice("block", block, BLOCKS)
+    check_choice("stem", stem, STEMS)
+    stages = units_per_stage(depth, block, stem)
+    check_choice("pooling", pooling, (None, "avg", "max"))
+    if classes is None:
+        classes = DEFAULTS[stem][1]
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise ValueError(f"classes must be a positive integer, got {classes!r}.")
+    data_format = keras.config.image_data_format()
+    axis = -1 if data_format == "channels_last" else 1
+    name = name or f"preact_resnet{depth}"
+
+    inputs = _inputs(input_tensor, input_shape, stem, data_format)
+    x = _stem(inputs, stem, data_format, axis)
+    widths = CIFAR_STAGES if stem == "cifar" else IMAGENET_STAGES
+    for stage, ((filters, stride), count) in enumerate(zip(widths, stages), start=1):
+        for unit in range(1, count + 1):
+            if unit > 1:
+                preactivation = "residual"
+            elif stem == "imagenet" and stage == 1:
+                preactivation = "none"  # the stem already ends in BN-ReLU
+            else:
+                preactivation = "shared"
+            x = ResidualUnit(
+                filters,
+                block=block,
+                strides=stride if unit == 1 else 1,
+                stride_on=DEFAULTS[stem][2],
+                preactivation=preactivation,
+                downsample=downsample,
+                data_format=data_format,
+                name=f"stage{stage}_unit{unit}",
+            )(x)
+    x = _batch_norm("post_bn", axis)(x)
+    x = keras.layers.ReLU(name="post_relu")(x)
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
+        x = keras.layers.Dense(
+            classes,
+            activation=classifier_activation,
+            kernel_initializer=keras.initializers.get(DENSE_INITIALIZER),
+            name="predictions",
+        )(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(data_format=data_format, name="max_pool")(x)
+
+    if input_tensor is not None and keras.backend.is_keras_tensor(input_tensor):
+        inputs = keras.utils.get_source_inputs(input_tensor)
+    model = keras.Model(inputs, x, name=name)
+    _load_weights(
+        model,
+        weights,
+        f"{name} (depth={depth}, block={block!r}, classes={classes}, include_top={include_top})",
+    )
+    return model
+
+
+_BUILDER_DOC = """Builds the paper's {title}: {summary}.
+
+    Args:
+        include_top: whether to end in the dense classifier.
+        weights: `None` (random init) or the path to a weights file of the same network.
+        input_tensor: optional tensor to use as the model's input.
+        input_shape: optional `(height, width, 3)`; default {shape}.
+        pooling: with `include_top=False`: `None`, `"avg"` or `"max"`.
+        classes: number of classes (default {classes}).
+        classifier_activation: activation of the classifier; `None` gives logits.
+        name: model name.
+        **kwargs: further options of `keras_preact.PreActResNet` (e.g. `downsample`).
+
+    Returns:
+        A functional `keras.Model` taking normalised images.
+
+    Example:
+
+    >>> import keras_preact
+    >>> keras_preact.{builder}({example}).count_params()
+    {count}
+    """
+
+
+def _named_builder(builder, depth, block, stem, summary, example, count):
+    classes = DEFAULTS[stem][1]
+
+    def build(
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=classes,
+        classifier_activation="softmax",
+        name=builder.lower(),
+        **kwargs,
+    ):
+        return PreActResNet(
+            depth,
+            block=block,
+            stem=stem,
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            name=name,
+            **kwargs,
+        )
+
+    build.__name__ = build.__qualname__ = builder
+    build.__doc__ = _BUILDER_DOC.format(
+        title=f"pre-activation ResNet-{depth}",
+        summary=summary,
+        shape=DEFAULTS[stem][0],
+        classes=classes,
+        builder=builder,
+        example=example,
+        count=count,
+    )
+    return build
+
+
+ResNet110 = _named_builder(
+    "ResNet110", 110, "basic", "cifar", "CIFAR, 54 basic units, 1.7M parameters", "", "1738618"
+)
+ResNet164 = _named_builder(
+    "ResNet164", 164, "bottleneck", "cifar", "CIFAR, 54 bottleneck units, 1.7M parameters",
+    "", "1727482",
+)
+ResNet1001 = _named_builder(
+    "ResNet1001", 1001, "bottleneck", "cifar", "CIFAR, 333 bottleneck units, 10.3M parameters",
+    "classes=100", "10500052",
+)
+ResNet50 = _named_builder(
+    "ResNet50", 50, "bottleneck", "imagenet", "ImageNet, 16 bottleneck units", "", "25594792"
+)
+ResNet101 = _named_builder(
+    "ResNet101", 101, "bottleneck", "imagenet", "ImageNet, 33 bottleneck units", "", "44639144"
+)
+ResNet152 = _named_builder(
+    "ResNet152", 152, "bottleneck", "imagenet", "ImageNet, 50 bottleneck units", "", "60328872"
+)
+ResNet200 = _named_builder(
+    "ResNet200", 200, "bottleneck", "imagenet", "ImageNet, 66 bottleneck units", "", "64834472"
+)

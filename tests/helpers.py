@@ -1,0 +1,88 @@
+"""Shared test helpers: fresh-process runs, non-trivial BatchNorm statistics, a NumPy reference."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def run_python(code, backend=None, timeout=600, check=True):
+    """Runs `code` in a fresh Python process on `backend` (default: this one); returns the result."""
+    env = dict(os.environ, KERAS_BACKEND=backend or keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check:
+        assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+    return result
+
+
+def randomize_batch_norms(model, seed=0):
+    """Gives every BatchNorm random γ, β and moving statistics, so inference is not the identity."""
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        name = weight.path.rsplit("/", 1)[-1]
+        shape = tuple(weight.shape)
+        if name == "gamma":
+            weight.assign(rng.uniform(0.5, 1.5, shape).astype("float32"))
+        elif name in ("beta", "moving_mean"):
+            weight.assign(rng.normal(0.0, 0.2, shape).astype("float32"))
+        elif name == "moving_variance":
+            weight.assign(rng.uniform(0.5, 2.0, shape).astype("float32"))
+
+
+def numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+# --- an independent NumPy forward pass of the paper's unit (channels-last) --------------------
+
+
+def np_conv(x, kernel, stride):
+    """2-D convolution with Torch's padding (k // 2 on every side), NHWC × HWIO."""
+    k = kernel.shape[0]
+    p = k // 2
+    x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    height = (x.shape[1] - k) // stride + 1
+    width = (x.shape[2] - k) // stride + 1
+    out = np.zeros((x.shape[0], height, width, kernel.shape[-1]), np.float64)
+    for i in range(k):
+        for j in range(k):
+            patch = x[:, i : i + stride * height : stride, j : j + stride * width : stride, :]
+            out += patch @ kernel[i, j]
+    return out
+
+
+def np_bn_relu(x, weights, prefix):
+    gamma, beta, mean, var = (weights[f"{prefix}/{n}"] for n in ("gamma", "beta", "moving_mean", "moving_variance"))
+    return np.maximum(gamma * (x - mean) / np.sqrt(var + 1e-5) + beta, 0.0)
+
+
+def reference_unit(unit, x):
+    """The full pre-activation unit computed from the paper's rules with the layer's weights."""
+    weights = {w.path.split("/", 1)[1]: numpy(w).astype(np.float64) for w in unit.weights}
+    x = x.astype(np.float64)
+    activated = x if unit.preactivation == "none" else np_bn_relu(x, weights, "preact_bn")
+    shortcut_input = x if unit.preactivation == "residual" else activated
+    s = unit.strides
+    if unit.block == "basic":
+        strides = [s, 1]
+    else:
+        strides = [s, 1, 1] if unit.stride_on == "first_1x1" else [1, s, 1]
+    h = activated
+    for index, stride in enumerate(strides, start=1):
+        if index > 1:
+            h = np_bn_relu(h, weights, f"conv{index - 1}_bn")
+        h = np_conv(h, weights[f"conv{index}/kernel"], stride)
+    if "shortcut_conv/kernel" in weights:
+        shortcut = np_conv(shortcut_input, weights["shortcut_conv/kernel"], s)
+    elif shortcut_input.shape[-1] != h.shape[-1] or s != 1:
+        sub = shortcut_input[:, ::s, ::s, :]
+        shortcut = np.pad(sub, ((0, 0), (0, 0), (0, 0), (0, h.shape[-1] - sub.shape[-1])))
+    else:
+        shortcut = shortcut_input
+    return shortcut + h
