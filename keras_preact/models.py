@@ -248,6 +248,8 @@ def PreActResNet(
             classes,
             activation=classifier_activation,
             kernel_initializer=keras.initializers.get(DENSE_INITIALIZER),
+            # Under mixed precision the classifier still computes (and softmaxes) in float32.
+            dtype="float32" if keras.config.dtype_policy().name.startswith("mixed") else None,
             name="predictions",
         )(x)
     elif pooling == "avg":

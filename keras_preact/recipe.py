@@ -1,0 +1,171 @@
+"""The paper's training recipe: Torch-style SGD with coupled weight decay, the step schedule, presets.
+
+Keras' own SGD keeps the learning rate inside the velocity (`v = m·v - lr·g`) and its
+`weight_decay=` is decoupled; Torch (the released code) adds `wd·w` to the gradient before the
+momentum and applies the learning rate at the update. `TorchSGD` does exactly that on every backend.
+"""
+
+import dataclasses
+import math
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_preact")
+class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Constant `warmup_rate` for `warmup_steps`, then `rate`, times `factor` at each boundary.
+
+    Steps are optimizer iterations, counted from 0.
+
+    >>> schedule = StepSchedule(0.1, boundaries=[32000, 48000], warmup_steps=400, warmup_rate=0.01)
+    >>> [round(float(schedule(s)), 6) for s in (0, 399, 400, 31999, 32000, 48000)]
+    [0.01, 0.01, 0.1, 0.1, 0.01, 0.001]
+    """
+
+    def __init__(self, rate, boundaries=(), factor=0.1, warmup_steps=0, warmup_rate=None):
+        if rate <= 0:
+            raise ValueError(f"rate must be positive, got {rate}.")
+        if list(boundaries) != sorted(boundaries) or any(b < 0 for b in boundaries):
+            raise ValueError(f"boundaries must be non-negative and increasing, got {list(boundaries)}.")
+        self.rate = float(rate)
+        self.boundaries = [int(b) for b in boundaries]
+        self.factor = float(factor)
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_rate = float(rate if warmup_rate is None else warmup_rate)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        rate = ops.convert_to_tensor(self.rate, "float32")
+        for boundary in self.boundaries:
+            rate = ops.where(step >= boundary, rate * self.factor, rate)
+        return ops.where(step < self.warmup_steps, ops.cast(self.warmup_rate, "float32"), rate)
+
+    def get_config(self):
+        return {
+            "rate": self.rate,
+            "boundaries": self.boundaries,
+            "factor": self.factor,
+            "warmup_steps": self.warmup_steps,
+            "warmup_rate": self.warmup_rate,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_preact")
+class TorchSGD(keras.optimizers.Optimizer):
+    """SGD with momentum as Torch computes it, with coupled (L2) weight decay on every parameter.
+
+    Per parameter `w` with gradient `g`:
+
+        g ← g + weight_decay · w            (= an L2 penalty of weight_decay/2 · Σw²)
+        b ← momentum · b + g
+        w ← w - lr · (g + momentum · b)     if nesterov, else  w ← w - lr · b
+
+    Args:
+        learning_rate: float or schedule.
+        momentum: momentum coefficient (0.9 in the paper).
+        nesterov: Nesterov momentum (the released code uses it).
+        coupled_weight_decay: added to the gradient before the momentum (1e-4 in the paper).
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.1,
+        momentum=0.9,
+        nesterov=False,
+        coupled_weight_decay=1e-4,
+        name="torch_sgd",
+        **kwargs,
+    ):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
+        if coupled_weight_decay < 0:
+            raise ValueError(f"coupled_weight_decay must be >= 0, got {coupled_weight_decay}.")
+        self.momentum = momentum
+        self.nesterov = nesterov
+        self.coupled_weight_decay = coupled_weight_decay
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.buffers = self.add_optimizer_variables(variables, "momentum")
+
+    def update_step(self, gradient, variable, learning_rate):
+        learning_rate = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        if self.coupled_weight_decay:
+            gradient = gradient + ops.cast(self.coupled_weight_decay, variable.dtype) * variable
+        buffer = self.buffers[self._get_variable_index(variable)]
+        new_buffer = ops.cast(self.momentum, variable.dtype) * buffer + gradient
+        self.assign(buffer, new_buffer)
+        step = gradient + ops.cast(self.momentum, variable.dtype) * new_buffer if self.nesterov else new_buffer
+        self.assign_sub(variable, learning_rate * step)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "momentum": self.momentum,
+                "nesterov": self.nesterov,
+                "coupled_weight_decay": self.coupled_weight_decay,
+            }
+        )
+        return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A training recipe. Schedule points are fractions of the run, so shorter runs scale them."""
+
+    name: str
+    batch_size: int
+    epochs: int
+    learning_rate: float
+    boundaries: tuple  # fractions of the total iterations
+    warmup: float  # fraction of the total iterations at warmup_rate
+    warmup_rate: float
+    nesterov: bool
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+
+RECIPES = {
+    # Paper appendix (Caffe): batch 128, lr 0.1 (0.01 for the first 400 iterations), /10 at 32k and
+    # 48k, stop at 64k iterations = 164 epochs of 50,000 images.
+    "paper": Recipe("paper", 128, 164, 0.1, (32000 / 64000, 48000 / 64000), 400 / 64000, 0.01, False),
+    # Released code (fb.resnet.torch + resnet-pre-act.lua): batch 64, Nesterov, /10 at epochs 81
+    # and 122, 200 epochs, no warm-up.
+    "official": Recipe("official", 64, 200, 0.1, (81 / 200, 122 / 200), 0.0, 0.1, True),
+}
+
+
+def get_recipe(name):
+    if name not in RECIPES:
+        raise ValueError(f"Unknown recipe {name!r}. Valid recipes: {', '.join(RECIPES)}.")
+    return RECIPES[name]
+
+
+def make_optimizer(recipe, steps_per_epoch, epochs=None, batch_size=None):
+    """The recipe's TorchSGD for a run of `epochs` at `batch_size` (defaults: the recipe's).
+
+    The learning rates scale linearly with the batch size relative to the recipe's; the warm-up
+    and the boundaries keep their place as fractions of the run.
+    """
+    epochs = epochs or recipe.epochs
+    batch_size = batch_size or recipe.batch_size
+    total = epochs * steps_per_epoch
+    scale = batch_size / recipe.batch_size
+    schedule = StepSchedule(
+        recipe.learning_rate * scale,
+        boundaries=[round(fraction * total) for fraction in recipe.boundaries],
+        warmup_steps=math.ceil(recipe.warmup * total),
+        warmup_rate=recipe.warmup_rate * scale,
+    )
+    return TorchSGD(
+        schedule,
+        momentum=recipe.momentum,
+        nesterov=recipe.nesterov,
+        coupled_weight_decay=recipe.weight_decay,
+    )

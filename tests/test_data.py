@@ -1,0 +1,176 @@
+"""Data: the three sources, normalisation, the paper's augmentation, bad input."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_preact import data
+
+SAMPLE = os.path.join(os.path.dirname(__file__), "data", "cifar10-sample")
+CIFAR10 = data.DATASETS["cifar10"]
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_image_folder_source():
+    train, test = data.load("cifar10", SAMPLE)
+    assert train.images.shape == (30, 32, 32, 3) and train.images.dtype == np.uint8
+    assert test.images.shape == (30, 32, 32, 3)
+    assert train.labels.dtype == np.int32
+    np.testing.assert_array_equal(train.labels, np.repeat(np.arange(10), 3))  # sorted folder order
+    first_cat = tf.io.decode_jpeg(tf.io.read_file(os.path.join(SAMPLE, "train", "cat", "0000.jpg"))).numpy()
+    np.testing.assert_array_equal(train.images[CLASSES.index("cat") * 3], first_cat)
+
+
+def test_tfds_source_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        train, test = data.load("cifar100")
+    assert train.images.shape == (12, 32, 32, 3) and train.images.dtype == np.uint8
+    assert len(test) == 12 and train.labels.max() < 100
+
+
+def test_tfds_failure_explains_data_dir(monkeypatch, tmp_path):
+    import tensorflow_datasets as tfds
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'www.cs.toronto.edu'")
+
+    monkeypatch.setattr(tfds, "load", offline)
+    with pytest.raises(RuntimeError, match=r"Offline, point --data_dir at a prepared TFDS directory, or at an image folder"):
+        data.load("cifar10", str(tmp_path))
+
+
+def test_array_source():
+    images = np.zeros((4, 32, 32, 3), np.uint8)
+    split = data.from_arrays(images, [[0], [1], [2], [3]])
+    assert split.labels.tolist() == [0, 1, 2, 3] and split.labels.dtype == np.int32
+    assert len(split.subset(2)) == 2
+
+
+def test_eval_pipeline_normalises_only():
+    train, _ = data.load("cifar10", SAMPLE)
+    batches = list(data.eval_dataset(train, CIFAR10, batch_size=8))
+    assert [len(y) for _, y in batches] == [8, 8, 8, 6]  # every example, in order
+    x = np.concatenate([b[0].numpy() for b in batches])
+    assert x.dtype == np.float32
+    expected = (train.images.astype(np.float32) - np.array(CIFAR10.mean)) / np.array(CIFAR10.std)
+    np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_train_pipeline_shapes_and_reshuffling():
+    train, _ = data.load("cifar10", SAMPLE)
+    dataset = data.train_dataset(train, CIFAR10, batch_size=8, seed=3)
+    epoch1 = [(x.numpy(), y.numpy()) for x, y in dataset]
+    epoch2 = [(x.numpy(), y.numpy()) for x, y in dataset]
+    assert len(epoch1) == 3  # 30 images: the last partial batch is dropped
+    assert epoch1[0][0].shape == (8, 32, 32, 3) and epoch1[0][0].dtype == np.float32
+    assert epoch1[0][1].dtype == np.int32
+    order1 = np.concatenate([y for _, y in epoch1])
+    order2 = np.concatenate([y for _, y in epoch2])
+    assert not np.array_equal(order1, order2) or not np.array_equal(epoch1[0][0], epoch2[0][0])
+    again = [(x.numpy(), y.numpy()) for x, y in data.train_dataset(train, CIFAR10, batch_size=8, seed=3)]
+    for (xa, ya), (xb, yb) in zip(epoch1, again):  # reproducible with the seed
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+def windows(image):
+    """Every 32x32 crop of the zero-padded image, flipped or not: (dy, dx, flipped) -> crop."""
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+    out = {}
+    for dy in range(9):
+        for dx in range(9):
+            crop = padded[dy : dy + 32, dx : dx + 32]
+            out[(dy, dx, False)] = crop
+            out[(dy, dx, True)] = crop[:, ::-1]
+    return out
+
+
+def test_augmentation_is_a_flip_and_a_crop_of_the_zero_padded_image():
+    image = np.random.default_rng(0).normal(size=(32, 32, 3)).astype(np.float32)
+    candidates = windows(image)
+    seen = set()
+    for seed in range(60):
+        out = data.augment(tf.constant(image), tf.constant([seed, 7], tf.int64)).numpy()
+        matches = [key for key, crop in candidates.items() if np.array_equal(crop, out)]
+        assert len(matches) == 1, f"seed {seed}: not a crop of the padded image"
+        seen.add(matches[0])
+    assert {flipped for _, _, flipped in seen} == {False, True}
+    assert len({(dy, dx) for dy, dx, _ in seen}) > 20  # offsets spread over the 9x9 range
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="Unknown dataset 'mnist'. Valid datasets: cifar10, cifar100"):
+        data.load("mnist", SAMPLE)
+
+
+def test_missing_data_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does-not-exist' does not exist"):
+        data.load("cifar10", str(tmp_path / "does-not-exist"))
+
+
+@pytest.fixture
+def sample_copy(tmp_path):
+    target = tmp_path / "cifar"
+    shutil.copytree(SAMPLE, target)
+    return target
+
+
+def test_unreadable_image(sample_copy):
+    bad = sample_copy / "train" / "dog" / "0001.jpg"
+    bad.write_bytes(b"this is not a JPEG")
+    with pytest.raises(ValueError, match=r"Cannot decode .*train/dog/0001.jpg: not a readable JPEG or PNG"):
+        data.load("cifar10", str(sample_copy))
+
+
+def test_wrong_sized_image(sample_copy):
+    png = tf.io.encode_png(tf.zeros((16, 24, 3), tf.uint8)).numpy()
+    (sample_copy / "test" / "cat" / "big.png").write_bytes(png)
+    with pytest.raises(ValueError, match=r"test/cat/big.png is 24x16 with 3 channels; CIFAR images must be 32x32 RGB"):
+        data.load("cifar10", str(sample_copy))
+
+
+def test_empty_class_folder(sample_copy):
+    for f in (sample_copy / "train" / "frog").iterdir():
+        f.unlink()
+    with pytest.raises(ValueError, match=r"train/frog has no .jpg or .png images"):
+        data.load("cifar10", str(sample_copy))
+
+
+def test_class_folders_differ(sample_copy):
+    shutil.rmtree(sample_copy / "test" / "ship")
+    with pytest.raises(ValueError, match=r"train and test have different class folders \(ship differ\)"):
+        data.load("cifar10", str(sample_copy))
+
+
+def test_too_many_classes_for_dataset(sample_copy):
+    for split in ("train", "test"):
+        shutil.copytree(sample_copy / split / "cat", sample_copy / split / "zebra")
+    with pytest.raises(ValueError, match=r"labels 0..10, outside 0..9: is this the right --dataset"):
+        data.load("cifar10", str(sample_copy))
+
+
+@pytest.mark.parametrize(
+    "images, labels, message",
+    [
+        (np.zeros((2, 32, 32, 3), np.float32), [0, 1], "must be uint8 pixels"),
+        (np.zeros((2, 28, 28, 3), np.uint8), [0, 1], r"shape \[N, 32, 32, 3\], got \[2, 28, 28, 3\]"),
+        (np.zeros((2, 32, 32, 3), np.uint8), [0], "2 images but 1 labels"),
+    ],
+)
+def test_bad_arrays(images, labels, message):
+    with pytest.raises(ValueError, match=message):
+        data.from_arrays(images, labels)
+
+
+def test_subset_bounds():
+    split = data.from_arrays(np.zeros((4, 32, 32, 3), np.uint8), [0, 1, 2, 3])
+    with pytest.raises(ValueError, match="train_subset=5 must be between 1 and the split's 4 images"):
+        split.subset(5)

@@ -1,0 +1,150 @@
+"""Training runs: loss goes down, results and curves, kill -9 and resume, multi-replica, NaN, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from helpers import run_python
+
+from keras_preact import recipe, train
+from keras_preact.data import from_arrays
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(ROOT, "tests", "data", "cifar10-sample")
+CIFAR = [sys.executable, os.path.join(ROOT, "examples", "cifar.py"), f"--data_dir={SAMPLE}", "--depth=8", "--batch_size=10"]
+
+
+def toy_splits(n=120, seed=0):
+    """A learnable toy task: the class is the colour channel that is brightest."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, size=n)
+    images = rng.integers(0, 120, size=(n, 32, 32, 3))
+    images[np.arange(n), :, :, labels] += 120
+    split = from_arrays(images.astype(np.uint8), labels)
+    return split, split
+
+
+def test_small_run_lowers_the_loss(tmp_path):
+    config = train.RunConfig(depth=8, recipe="official", epochs=4, batch_size=20, model_dir=str(tmp_path), seed=1)
+    results = train.run(config, *toy_splits(), verbose=0)
+    history = train.read_history(str(tmp_path / "history.csv"))
+    assert [row["epoch"] for row in history] == [0, 1, 2, 3]
+    assert history[-1]["loss"] < 0.6 * history[0]["loss"], [row["loss"] for row in history]
+    for key in ("dataset", "depth", "block", "backend", "epochs", "steps", "replicas", "test_error",
+                "test_accuracy", "train_images_per_second", "wall_seconds"):
+        assert key in results
+    assert results["block"] == "basic" and results["steps"] == 4 * 6 and results["replicas"] == 1
+    assert results["backend"] == keras.backend.backend()
+    assert results["test_error"] == pytest.approx(100 * (1 - results["test_accuracy"]), abs=1e-3)
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "model.weights.h5").exists() and list((tmp_path / "logs").iterdir())
+
+
+def test_default_blocks_follow_the_paper():
+    assert [train.default_block(d) for d in (20, 56, 110, 164, 1001, 11, 1202)] == [
+        "basic", "basic", "basic", "bottleneck", "bottleneck", "bottleneck", "basic"
+    ]
+
+
+def test_kill_and_resume(tmp_path):
+    model_dir = str(tmp_path / "run")
+    command = CIFAR + ["--epochs=5", f"--model_dir={model_dir}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = os.path.join(model_dir, "checkpoint.weights.h5")
+    deadline = time.time() + 300
+    while not os.path.exists(checkpoint) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # kill -9, at whatever point the run has reached
+    process.wait()
+    assert os.path.exists(checkpoint), "the run never wrote a checkpoint"
+    assert not os.path.exists(os.path.join(model_dir, "results.json"))
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stderr
+    epoch = int(resumed.stderr.split("after epoch ")[1].split()[0])
+    assert 1 <= epoch <= 5
+    results = json.loads(open(os.path.join(model_dir, "results.json")).read())
+    assert results["steps"] == 5 * 3  # 30 images / batch 10: the step count carried over
+    history = train.read_history(os.path.join(model_dir, "history.csv"))
+    assert [int(row["epoch"]) for row in history] == [0, 1, 2, 3, 4]
+    # The learning rate follows the restored iteration count: paper recipe, batch 10, 15 steps.
+    schedule = recipe.make_optimizer(recipe.RECIPES["paper"], 3, 5, 10)._learning_rate
+    assert schedule.boundaries == [8, 11]
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="torch trains on one device")
+def test_multi_replica_on_two_logical_cpus(tmp_path):
+    result = subprocess.run(
+        CIFAR + ["--epochs=1", "--strategy=mirrored", "--cpu_replicas=2", f"--model_dir={tmp_path}"],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["replicas"] == 2
+    expected = "MirroredStrategy over 2 devices" if keras.backend.backend() == "tensorflow" else "DataParallel over 2 devices"
+    assert expected in results["placement"]
+
+
+def test_torch_backend_says_one_device():
+    code = "from keras_preact import distribute; print(distribute.place('auto').description)"
+    out = run_python(code, backend="torch").stdout
+    assert "torch backend: one device (cpu)" in out
+    failed = run_python("from keras_preact import distribute; distribute.place('mirrored')", backend="torch", check=False)
+    assert "not available on the torch backend" in failed.stderr
+
+
+def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_state(tmp_path, monkeypatch):
+    def exploding(*args, **kwargs):  # fine for the first epoch (6 steps), then a huge rate
+        return recipe.TorchSGD(recipe.StepSchedule(0.01, boundaries=[6], factor=1e30))
+
+    monkeypatch.setattr(recipe, "make_optimizer", exploding)
+    config = train.RunConfig(depth=8, epochs=3, batch_size=20, model_dir=str(tmp_path))
+    with pytest.raises(train.TrainingDiverged, match=r"loss became NaN at epoch 2, step \d.*last good state stays in"):
+        train.run(config, *toy_splits(), verbose=0)
+    model = train.PreActResNet(8, block="basic", classes=10)
+    model.compile(optimizer=exploding(), loss="sparse_categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(str(tmp_path / "checkpoint.weights.h5"))
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 6
+    assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        (dict(dataset="mnist"), ValueError, "Unknown dataset 'mnist'"),
+        (dict(depth=8, block="bottleneck"), ValueError, r"block='bottleneck' has depth 9n\+2.*fits block='basic'"),
+        (dict(recipe="fast"), ValueError, "Unknown recipe 'fast'"),
+        (dict(mixed_precision="int8"), ValueError, "Unknown mixed_precision='int8'"),
+        (dict(data_dir="/no/such/dir"), FileNotFoundError, "'/no/such/dir' does not exist"),
+        (dict(strategy="everywhere"), ValueError, "Unknown strategy 'everywhere'"),
+    ],
+)
+def test_bad_configuration(tmp_path, overrides, error, message):
+    config = train.RunConfig(**{"depth": 8, "epochs": 1, "model_dir": str(tmp_path), **overrides})
+    with pytest.raises(error, match=message):
+        train.run(config, verbose=0)
+
+
+def test_model_dir_of_another_run_is_refused(tmp_path):
+    train.run(train.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path)), *toy_splits(), verbose=0)
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(depth: 8 there, 14 now\)"):
+        train.run(train.RunConfig(depth=14, epochs=1, batch_size=20, model_dir=str(tmp_path)), *toy_splits(), verbose=0)
+
+
+def test_command_line_reports_errors_without_traceback(tmp_path):
+    result = subprocess.run(
+        CIFAR[:2] + ["--depth=12", f"--model_dir={tmp_path}"], capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert result.returncode == 1
+    assert "depth=12 does not fit" in result.stderr and "Traceback" not in result.stderr
