@@ -41,8 +41,6 @@ def main(argv):
     distribute.split_cpu(FLAGS.cpu_replicas)  # before the backend touches its devices
     from keras_preact import train
 
-    if FLAGS.export_dir:
-        raise app.UsageError("--export_dir: SavedModel export is not available yet in this version.")
     config = train.RunConfig(
         dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir,
@@ -58,12 +56,14 @@ def main(argv):
         seed=FLAGS.seed,
     )
     try:
-        results = train.run(config)
-    except (ValueError, RuntimeError, FileNotFoundError) as error:
+        results = train.run(config, export_dir=FLAGS.export_dir)
+    except (ValueError, RuntimeError, OSError) as error:
         logging.error("%s", error)
         sys.exit(1)
     print(f"test error {results['test_error']:.2f}% | {results['train_images_per_second']:.0f} images/s | "
           f"{results['wall_seconds']:.0f} s | {config.model_dir}/results.json")
+    if "export" in results:
+        print(f"SavedModel for TF Serving: {results['export']}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Runs on TensorFlow, JAX and PyTorch (`KERAS_BACKEND`).
 >>> model = keras_preact.ResNet1001(classes=100)
 """
 
+from keras_preact.export import export_onnx, export_saved_model
 from keras_preact.models import (
     PreActResNet,
     ResNet50,
@@ -21,6 +22,8 @@ from keras_preact.units import ResidualUnit
 __version__ = "0.1.0"
 
 __all__ = [
+    "export_onnx",
+    "export_saved_model",
     "PreActResNet",
     "ResidualUnit",
     "ResNet50",

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from keras_preact import data, distribute, recipe as recipes
+from keras_preact.export import export_saved_model
 from keras_preact.models import CIFAR_DEPTH_RULE, PreActResNet, units_per_stage
 
 log = logging.getLogger("keras_preact")
@@ -150,11 +151,12 @@ def _check_resumable(config, path):
         json.dump(saved, f, indent=2)
 
 
-def run(config, train_split=None, test_split=None, verbose=1):
+def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     """Trains, evaluates and returns the results dict (also written to `model_dir/results.json`).
 
     `train_split`/`test_split` (`data.Split`, e.g. from `data.from_arrays`) replace the dataset
-    source when given.
+    source when given. With `export_dir`, the trained model is exported there as a TF Serving
+    SavedModel (`export_saved_model`, next free version).
     """
     started = time.perf_counter()
     info = data.dataset_info(config.dataset)
@@ -254,11 +256,19 @@ def run(config, train_split=None, test_split=None, verbose=1):
         "parameters": model.count_params(),
         "model_options": config.model_options,
     }
+    if export_dir:
+        results["export"] = export_saved_model(model, export_dir, config.dataset, version=next_version(export_dir))
     with open(os.path.join(config.model_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     plot_curves(history, os.path.join(config.model_dir, "curves.png"), title=f"{config.dataset} ResNet-{config.depth} ({block})")
     log.info("Test error %.2f%% after %d epochs; results in %s", results["test_error"], epochs, config.model_dir)
     return results
+
+
+def next_version(export_dir):
+    """One more than the highest numbered version folder in `export_dir` (1 when there is none)."""
+    versions = [int(name) for name in os.listdir(export_dir) if name.isdigit()] if os.path.isdir(export_dir) else []
+    return max(versions, default=0) + 1
 
 
 def read_history(path):
