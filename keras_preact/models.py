@@ -9,8 +9,8 @@ import re
 
 import keras
 
-from keras_preact.units import BLOCKS, CONV_INITIALIZER, ResidualUnit, check_choice
-from keras_preact.units import BN_EPSILON, BN_MOMENTUM
+from keras_preact.units import BLOCKS, CONV_INITIALIZER, ORDERINGS, SHORTCUTS, ResidualUnit, check_choice
+from keras_preact.units import BN_EPSILON, BN_MOMENTUM, STRIDE_PLACEMENTS
 
 STEMS = ("cifar", "imagenet")
 
@@ -28,6 +28,18 @@ DEFAULTS = {  # stem -> (input_shape, classes, bottleneck stride placement)
     "imagenet": ((224, 224, 3), 1000, "3x3"),
 }
 TOTAL_STRIDE = {"cifar": 4, "imagenet": 32}
+
+# Per unit ordering: what the CIFAR stem applies after its conv, and the head before pooling.
+# Pre-activation units activate their own input and leave the last sum unactivated (hence the
+# head's BN-ReLU); post-activation units (the original network) expect an activated input and
+# end activated.
+NETWORK_ACTIVATIONS = {
+    "full_preact": ((), ("bn", "relu")),
+    "relu_only_preact": (("bn",), ("relu",)),
+    "original": (("bn", "relu"), ()),
+    "bn_after_addition": (("bn", "relu"), ()),
+    "relu_before_addition": (("bn", "relu"), ()),
+}
 
 # Torch's nn.Linear init, uniform(±1/sqrt(fan_in)); the official code zeroes the bias.
 DENSE_INITIALIZER = {
@@ -105,21 +117,30 @@ def _batch_norm(name, axis):
     )
 
 
-def _stem(x, stem, data_format, axis):
+def _activate(x, operations, prefix, axis):
+    for operation in operations:
+        if operation == "bn":
+            x = _batch_norm(f"{prefix}_bn", axis)(x)
+        else:
+            x = keras.layers.ReLU(name=f"{prefix}_relu")(x)
+    return x
+
+
+def _stem(x, stem, unit, data_format, axis):
     conv_args = dict(
         use_bias=False,
         kernel_initializer=keras.initializers.get(CONV_INITIALIZER),
         data_format=data_format,
     )
     if stem == "cifar":
-        # No BN-ReLU: the first unit pre-activates (resnet-pre-act.lua).
-        return keras.layers.Conv2D(16, 3, padding="same", name="conv1", **conv_args)(x)
+        # Full pre-activation: a bare conv; the first unit pre-activates (resnet-pre-act.lua).
+        x = keras.layers.Conv2D(16, 3, padding="same", name="conv1", **conv_args)(x)
+        return _activate(x, NETWORK_ACTIVATIONS[unit][0], "conv1", axis)
     # Explicit symmetric padding = Torch's 7x7/2 pad 3 and 3x3/2 max-pool pad 1; after the ReLU,
     # zero padding equals Torch's -inf padding for the max-pool.
     x = keras.layers.ZeroPadding2D(3, data_format=data_format, name="conv1_pad")(x)
     x = keras.layers.Conv2D(64, 7, strides=2, name="conv1_conv", **conv_args)(x)
-    x = _batch_norm("conv1_bn", axis)(x)
-    x = keras.layers.ReLU(name="conv1_relu")(x)
+    x = _activate(x, ("bn", "relu"), "conv1", axis)
     x = keras.layers.ZeroPadding2D(1, data_format=data_format, name="pool1_pad")(x)
     return keras.layers.MaxPooling2D(3, strides=2, data_format=data_format, name="pool1_pool")(x)
 
@@ -167,7 +188,11 @@ def PreActResNet(
     classes=None,
     classifier_activation="softmax",
     downsample="projection",
+    unit="full_preact",
+    shortcut="identity",
+    stride_on=None,
     name=None,
+    **shortcut_options,
 ):
     """Builds a pre-activation ResNet (He et al., "Identity Mappings in Deep Residual Networks").
 
@@ -195,7 +220,18 @@ def PreActResNet(
             logits.
         downsample: shortcut where a unit changes shape: `"projection"` (1×1 conv, the paper's
             choice) or `"zero_pad"` (parameter-free, FAIR's CIFAR option for basic units).
+        unit: the unit's ordering of BN and ReLU (paper Fig. 4, CIFAR stem): `"full_preact"`
+            (e, default), `"original"` (a; the network then has a conv-BN-ReLU stem and no final
+            BN-ReLU), `"bn_after_addition"` (b), `"relu_before_addition"` (c),
+            `"relu_only_preact"` (d).
+        shortcut: the shortcut of shape-keeping units (paper Fig. 2): `"identity"` (default),
+            `"constant_scaling"`, `"exclusive_gating"`, `"shortcut_only_gating"`, `"conv1x1"`,
+            `"dropout"`. Units that change shape keep their `downsample` shortcut.
+        stride_on: bottleneck stride on `"first_1x1"` (official CIFAR code) or `"3x3"` (FAIR,
+            timm); defaults to the stem's official placement.
         name: model name; defaults to `"preact_resnet{depth}"`.
+        **shortcut_options: `shortcut_scale`, `residual_scale` (constant scaling), `gate_bias`
+            (gating), `dropout_rate` (dropout); see `ResidualUnit`.
 
     Returns:
         A functional `keras.Model`.
@@ -209,6 +245,16 @@ def PreActResNet(
     """
     check_choice("block", block, BLOCKS)
     check_choice("stem", stem, STEMS)
+    check_choice("unit", unit, tuple(ORDERINGS))
+    check_choice("shortcut", shortcut, SHORTCUTS)
+    check_choice("stride_on", stride_on, (None, *STRIDE_PLACEMENTS))
+    unknown = set(shortcut_options) - {"shortcut_scale", "residual_scale", "gate_bias", "dropout_rate"}
+    if unknown:
+        raise TypeError(f"PreActResNet() got unexpected keyword argument(s): {', '.join(sorted(unknown))}.")
+    if stem == "imagenet" and unit != "full_preact":
+        raise ValueError(f"unit={unit!r} is one of the paper's CIFAR ablations; the ImageNet networks use 'full_preact'.")
+    if stride_on is not None and block == "basic":
+        raise ValueError("stride_on applies to bottleneck units; basic units stride on their first 3x3 conv.")
     stages = units_per_stage(depth, block, stem)
     check_choice("pooling", pooling, (None, "avg", "max"))
     if classes is None:
@@ -220,11 +266,11 @@ def PreActResNet(
     name = name or f"preact_resnet{depth}"
 
     inputs = _inputs(input_tensor, input_shape, stem, data_format)
-    x = _stem(inputs, stem, data_format, axis)
+    x = _stem(inputs, stem, unit, data_format, axis)
     widths = CIFAR_STAGES if stem == "cifar" else IMAGENET_STAGES
     for stage, ((filters, stride), count) in enumerate(zip(widths, stages), start=1):
-        for unit in range(1, count + 1):
-            if unit > 1:
+        for index in range(1, count + 1):
+            if index > 1:
                 preactivation = "residual"
             elif stem == "imagenet" and stage == 1:
                 preactivation = "none"  # the stem already ends in BN-ReLU
@@ -233,15 +279,17 @@ def PreActResNet(
             x = ResidualUnit(
                 filters,
                 block=block,
-                strides=stride if unit == 1 else 1,
-                stride_on=DEFAULTS[stem][2],
+                strides=stride if index == 1 else 1,
+                stride_on=stride_on or DEFAULTS[stem][2],
                 preactivation=preactivation,
                 downsample=downsample,
+                ordering=unit,
+                shortcut=shortcut,
                 data_format=data_format,
-                name=f"stage{stage}_unit{unit}",
+                name=f"stage{stage}_unit{index}",
+                **shortcut_options,
             )(x)
-    x = _batch_norm("post_bn", axis)(x)
-    x = keras.layers.ReLU(name="post_relu")(x)
+    x = _activate(x, NETWORK_ACTIVATIONS[unit][1], "post", axis)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
         x = keras.layers.Dense(

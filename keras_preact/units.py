@@ -1,8 +1,9 @@
-"""The residual unit of He et al. (2016): one layer for every network of the paper.
+"""The residual unit of He et al. (2016): one layer for every network and variant of the paper.
 
-A unit is `x_{l+1} = post(shortcut(x_l) + residual(x_l))`. The paper's unit orderings differ only
-in where BatchNorm and ReLU sit around the convolutions, so an ordering is data — four tuples of
-operations — and one layer implements all of them, for basic and bottleneck units alike.
+A unit is `x_{l+1} = post(shortcut(x_l) ⊕ residual(x_l))`. The paper's unit orderings (Fig. 4)
+differ only in where BatchNorm and ReLU sit around the convolutions, so an ordering is data — four
+tuples of operations — and its shortcut variants (Fig. 2) differ only in ⊕. One layer implements
+all of them, for basic and bottleneck units alike.
 """
 
 import keras
@@ -21,7 +22,29 @@ CONV_INITIALIZER = {
 # ordering -> (pre, between, tail, post): operations before the first conv, between two convs, after
 # the last conv, and after the addition. "bn" and "relu" are the only operations the paper moves.
 ORDERINGS = {
-    "full_preact": (("bn", "relu"), ("bn", "relu"), (), ()),  # Fig. 4(e), the paper's proposal
+    "full_preact": (("bn", "relu"), ("bn", "relu"), (), ()),  # (e) the paper's proposal
+    "original": ((), ("bn", "relu"), ("bn",), ("relu",)),  # (a) conv-BN-ReLU-conv-BN, add, ReLU
+    "bn_after_addition": ((), ("bn", "relu"), (), ("bn", "relu")),  # (b)
+    "relu_before_addition": ((), ("bn", "relu"), ("bn", "relu"), ()),  # (c)
+    "relu_only_preact": (("relu",), ("bn", "relu"), ("bn",), ()),  # (d) ReLU-conv-BN-ReLU-conv-BN
+}
+
+# Paper Fig. 2: what the shortcut of a shape-keeping unit does. Units that change shape use the
+# projection (or zero padding) whatever the variant, as in the paper's experiments.
+SHORTCUTS = (
+    "identity",  # (a) x + F(x)
+    "constant_scaling",  # (b) λs·x + λr·F(x)
+    "exclusive_gating",  # (c) (1 - g)·x + g·F(x), g = sigmoid(1x1 conv(x) + b)
+    "shortcut_only_gating",  # (d) (1 - g)·x + F(x)
+    "conv1x1",  # (e) 1x1 conv(x) + F(x)
+    "dropout",  # (f) dropout(x) + F(x)
+)
+# Options of one shortcut variant, with their defaults; None in the constructor means "default".
+SHORTCUT_OPTIONS = {
+    "shortcut_scale": ("constant_scaling", 0.5),
+    "residual_scale": ("constant_scaling", 1.0),
+    "gate_bias": (("exclusive_gating", "shortcut_only_gating"), -6.0),
+    "dropout_rate": ("dropout", 0.5),
 }
 
 BLOCKS = ("basic", "bottleneck")
@@ -68,6 +91,16 @@ class ResidualUnit(keras.layers.Layer):
             `"projection"` (1×1 conv, no BN, carrying the stride) or `"zero_pad"` (subsample,
             then append zero channels; parameter-free, FAIR's CIFAR option A). Units that keep
             their shape always use the identity.
+        ordering: where BN and ReLU sit (paper Fig. 4): `"full_preact"` (e, default),
+            `"original"` (a: conv-BN-ReLU-conv-BN, add, ReLU), `"bn_after_addition"` (b),
+            `"relu_before_addition"` (c), `"relu_only_preact"` (d).
+        shortcut: the shortcut of a unit that keeps its shape (paper Fig. 2): `"identity"`
+            (a, default), `"constant_scaling"` (b), `"exclusive_gating"` (c),
+            `"shortcut_only_gating"` (d), `"conv1x1"` (e), `"dropout"` (f).
+        shortcut_scale, residual_scale: `"constant_scaling"`: λ of the shortcut (default 0.5)
+            and of the residual (default 1.0).
+        gate_bias: gating variants: initial bias of the gate's 1×1 conv (default -6).
+        dropout_rate: `"dropout"`: rate on the shortcut, training only (default 0.5).
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
 
@@ -91,6 +124,12 @@ class ResidualUnit(keras.layers.Layer):
         stride_on="first_1x1",
         preactivation="residual",
         downsample="projection",
+        ordering="full_preact",
+        shortcut="identity",
+        shortcut_scale=None,
+        residual_scale=None,
+        gate_bias=None,
+        dropout_rate=None,
         data_format=None,
         **kwargs,
     ):
@@ -103,6 +142,25 @@ class ResidualUnit(keras.layers.Layer):
         check_choice("stride_on", stride_on, STRIDE_PLACEMENTS)
         check_choice("preactivation", preactivation, PREACTIVATIONS)
         check_choice("downsample", downsample, DOWNSAMPLES)
+        check_choice("ordering", ordering, tuple(ORDERINGS))
+        check_choice("shortcut", shortcut, SHORTCUTS)
+        given = {
+            "shortcut_scale": shortcut_scale,
+            "residual_scale": residual_scale,
+            "gate_bias": gate_bias,
+            "dropout_rate": dropout_rate,
+        }
+        for option, value in given.items():
+            variants, default = SHORTCUT_OPTIONS[option]
+            variants = variants if isinstance(variants, tuple) else (variants,)
+            if value is not None and shortcut not in variants:
+                raise ValueError(
+                    f"{option}={value!r} applies to shortcut={' or '.join(map(repr, variants))}, "
+                    f"not shortcut={shortcut!r}."
+                )
+            setattr(self, option, default if value is None and shortcut in variants else value)
+        if self.dropout_rate is not None and not 0 <= self.dropout_rate < 1:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}.")
         self.filters = filters
         self.block = block
         self.strides = strides
@@ -114,7 +172,8 @@ class ResidualUnit(keras.layers.Layer):
         self.data_format = data_format
         self.channel_axis = -1 if self.data_format == "channels_last" else 1
         self.out_channels = output_channels(block, filters)
-        self.ordering = ORDERINGS["full_preact"]
+        self.ordering = ordering
+        self.shortcut = shortcut
 
     # --- structure -------------------------------------------------------------------------
 
@@ -176,7 +235,7 @@ class ResidualUnit(keras.layers.Layer):
                 f"{self.name}: downsample='zero_pad' can only add channels, but the unit maps "
                 f"{in_channels} to {self.out_channels}. Use downsample='projection'."
             )
-        pre, between, tail, post = self.ordering
+        pre, between, tail, post = ORDERINGS[self.ordering]
         if self.preactivation == "none":
             pre = ()
         self.pre_norms = self._norms_for(pre, "preact", input_shape)
@@ -194,10 +253,25 @@ class ResidualUnit(keras.layers.Layer):
                 self.between_norms += self._norms_for(between, f"conv{index}", shape)
         self.tail_norms = self._norms_for(tail, "tail", shape)
         self.post_norms = self._norms_for(post, "post", shape)
-        self.projection = None
-        if self.changes_shape and self.downsample == "projection":
+        self.projection = self.gate = self.dropout = None
+        if (self.changes_shape and self.downsample == "projection") or (
+            not self.changes_shape and self.shortcut == "conv1x1"
+        ):
             self.projection = self._conv(self.out_channels, 1, self.strides, "shortcut_conv")
             self.projection.build(input_shape)
+        if not self.changes_shape and self.shortcut.endswith("_gating"):
+            self.gate = keras.layers.Conv2D(
+                self.out_channels,
+                1,
+                kernel_initializer=keras.initializers.get(CONV_INITIALIZER),
+                bias_initializer=keras.initializers.Constant(self.gate_bias),
+                data_format=self.data_format,
+                dtype=self.dtype_policy,
+                name="gate_conv",
+            )
+            self.gate.build(input_shape)
+        if not self.changes_shape and self.shortcut == "dropout":
+            self.dropout = keras.layers.Dropout(self.dropout_rate, dtype=self.dtype_policy, name="shortcut_dropout")
 
     def _conv_output_shape(self, shape, filters, strides):
         shape = list(shape)
@@ -234,18 +308,32 @@ class ResidualUnit(keras.layers.Layer):
         return conv(x)
 
     def _shortcut(self, x):
-        if not self.changes_shape:
-            return x
         if self.projection is not None:
             return self.projection(x)
+        if not self.changes_shape:
+            return x
         s = self.strides
         x = x[:, ::s, ::s, :] if self.data_format == "channels_last" else x[:, :, ::s, ::s]
         pads = [[0, 0]] * 4
         pads[self.channel_axis] = [0, self.out_channels - self.in_channels]
         return ops.pad(x, pads)
 
+    def _combine(self, shortcut_input, residual, training):
+        """The addition, as the shortcut variant has it (paper Fig. 2)."""
+        shortcut = self._shortcut(shortcut_input)
+        if self.changes_shape or self.shortcut in ("identity", "conv1x1"):
+            return shortcut + residual
+        if self.shortcut == "constant_scaling":
+            return self.shortcut_scale * shortcut + self.residual_scale * residual
+        if self.shortcut == "dropout":
+            return self.dropout(shortcut, training=training) + residual
+        gate = ops.sigmoid(self.gate(shortcut_input))
+        if self.shortcut == "exclusive_gating":
+            return (1.0 - gate) * shortcut + gate * residual
+        return (1.0 - gate) * shortcut + residual  # shortcut_only_gating
+
     def call(self, inputs, training=None):
-        pre, between, tail, post = self.ordering
+        pre, between, tail, post = ORDERINGS[self.ordering]
         if self.preactivation == "shared":
             inputs = self._apply(pre, self.pre_norms, inputs, training)
             residual = inputs
@@ -260,7 +348,7 @@ class ResidualUnit(keras.layers.Layer):
                 residual = self._apply(between, norms, residual, training)
             residual = self._run_conv(conv, residual)
         residual = self._apply(tail, self.tail_norms, residual, training)
-        outputs = self._shortcut(inputs) + residual
+        outputs = self._combine(inputs, residual, training)
         return self._apply(post, self.post_norms, outputs, training)
 
     def get_config(self):
@@ -273,6 +361,12 @@ class ResidualUnit(keras.layers.Layer):
                 "stride_on": self.stride_on,
                 "preactivation": self.preactivation,
                 "downsample": self.downsample,
+                "ordering": self.ordering,
+                "shortcut": self.shortcut,
+                "shortcut_scale": self.shortcut_scale,
+                "residual_scale": self.residual_scale,
+                "gate_bias": self.gate_bias,
+                "dropout_rate": self.dropout_rate,
                 "data_format": self.data_format,
             }
         )

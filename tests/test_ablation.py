@@ -1,0 +1,78 @@
+"""The ablation runner: a grid of variants through the training code, tables beside the paper's."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from keras_preact import ablation, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(ROOT, "tests", "data", "cifar10-sample")
+
+
+def base(tmp_path):
+    return train.RunConfig(data_dir=SAMPLE, depth=8, epochs=1, batch_size=10, model_dir=str(tmp_path))
+
+
+def test_grid_trains_each_variant_and_reports(tmp_path, monkeypatch):
+    calls = []
+    real_run = train.run
+
+    def recording_run(config, *args, **kwargs):
+        calls.append(config.model_options)
+        if config.model_options.get("shortcut") == "dropout":
+            raise train.TrainingDiverged("loss became NaN")
+        return real_run(config, *args, verbose=0, **kwargs)
+
+    monkeypatch.setattr(train, "run", recording_run)
+    names = ["original", "exclusive_gating", "dropout_shortcut"]
+    rows = ablation.run_grid(base(tmp_path), names, str(tmp_path))
+    assert calls == [ablation.VARIANTS[name][0] for name in names]
+    assert [row["variant"] for row in rows] == names
+    assert rows[2]["diverged"] and rows[2]["test_error"] is None
+    assert 0 <= rows[0]["test_error"] <= 100
+    # The gate's 1x1 convs (C*C + C per shape-keeping unit) show in the parameter counts.
+    # ResNet-8: one unit per stage, only stage 1 (16 channels) keeps its shape.
+    assert rows[1]["parameters"] - rows[0]["parameters"] == 16 * 16 + 16
+
+    markdown, table, chart = ablation.write_report(rows, str(tmp_path), scale="toy")
+    text = open(markdown).read()
+    assert "Scale: toy" in text
+    assert "| original | unit=original |" in text and "| 6.61 | 5.93 |" in text
+    assert "| dropout_shortcut | unit=original, shortcut=dropout | diverged | fail (>20%) | — |" in text
+    with open(table) as f:
+        assert [row["variant"] for row in csv.DictReader(f)] == names
+    assert open(chart, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # A finished variant is read back, not trained again.
+    calls.clear()
+    again = ablation.run_grid(base(tmp_path), ["original"], str(tmp_path))
+    assert calls == [] and again[0]["test_error"] == rows[0]["test_error"]
+
+
+def test_every_paper_variant_is_listed():
+    options = [v[0] for v in ablation.VARIANTS.values()]
+    assert {o.get("unit") for o in options} == {"original", "bn_after_addition", "relu_before_addition", "relu_only_preact", "full_preact"}
+    assert {o.get("shortcut", "identity") for o in options} == {
+        "identity", "constant_scaling", "exclusive_gating", "shortcut_only_gating", "conv1x1", "dropout"
+    }
+
+
+def test_unknown_variant():
+    with pytest.raises(ValueError, match="Unknown variant\\(s\\) gated. Valid variants: original, "):
+        ablation.check_variants(["original", "gated"])
+
+
+def test_command_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "ablation.py"), f"--data_dir={SAMPLE}", "--depth=8",
+         "--epochs=1", "--batch_size=10", f"--model_dir={tmp_path}", "--variants=full_preact"],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Scale: ResNet-8 (basic), cifar10, 1 epochs, paper recipe" in result.stdout
+    assert json.loads((tmp_path / "full_preact" / "results.json").read_text())["model_options"] == {"unit": "full_preact"}
