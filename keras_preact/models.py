@@ -191,6 +191,7 @@ def PreActResNet(
     unit="full_preact",
     shortcut="identity",
     stride_on=None,
+    remat=False,
     name=None,
     **shortcut_options,
 ):
@@ -229,6 +230,8 @@ def PreActResNet(
             `"dropout"`. Units that change shape keep their `downsample` shortcut.
         stride_on: bottleneck stride on `"first_1x1"` (official CIFAR code) or `"3x3"` (FAIR,
             timm); defaults to the stem's official placement.
+        remat: recompute each unit's activations in the backward pass (less memory, more
+            compute; see `ResidualUnit`).
         name: model name; defaults to `"preact_resnet{depth}"`.
         **shortcut_options: `shortcut_scale`, `residual_scale` (constant scaling), `gate_bias`
             (gating), `dropout_rate` (dropout); see `ResidualUnit`.
@@ -285,6 +288,7 @@ def PreActResNet(
                 downsample=downsample,
                 ordering=unit,
                 shortcut=shortcut,
+                remat=remat,
                 data_format=data_format,
                 name=f"stage{stage}_unit{index}",
                 **shortcut_options,

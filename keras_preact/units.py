@@ -101,6 +101,9 @@ class ResidualUnit(keras.layers.Layer):
             and of the residual (default 1.0).
         gate_bias: gating variants: initial bias of the gate's 1×1 conv (default -6).
         dropout_rate: `"dropout"`: rate on the shortcut, training only (default 0.5).
+        remat: recompute the unit's activations in the backward pass instead of keeping them
+            (`keras.remat`: `jax.checkpoint`, `tf.recompute_grad`, torch checkpointing), trading
+            compute for memory. BatchNorm statistics are still updated once per step.
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
 
@@ -130,6 +133,7 @@ class ResidualUnit(keras.layers.Layer):
         residual_scale=None,
         gate_bias=None,
         dropout_rate=None,
+        remat=False,
         data_format=None,
         **kwargs,
     ):
@@ -174,6 +178,7 @@ class ResidualUnit(keras.layers.Layer):
         self.out_channels = output_channels(block, filters)
         self.ordering = ordering
         self.shortcut = shortcut
+        self.remat = bool(remat)
 
     # --- structure -------------------------------------------------------------------------
 
@@ -333,6 +338,36 @@ class ResidualUnit(keras.layers.Layer):
         return (1.0 - gate) * shortcut + residual  # shortcut_only_gating
 
     def call(self, inputs, training=None):
+        if self.remat and training:
+            return self._rematerialized_forward(inputs)
+        return self._forward(inputs, training)
+
+    def _rematerialized_forward(self, inputs):
+        """The training forward pass as a pure function of the input and the unit's state, under
+        `keras.remat`. The recomputation in the backward pass then repeats no side effect: the
+        new BatchNorm statistics (and dropout seed state) are outputs, assigned once, here."""
+        variables = self.trainable_variables + self.non_trainable_variables
+        state = self.non_trainable_variables
+
+        def forward(x, *values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+                outputs = self._forward(x, True)
+                new_state = []
+                for variable, value in zip(state, values[len(variables) - len(state) :]):
+                    current = scope.get_current_value(variable)
+                    new_state.append(value if current is None else current)
+            return (outputs, *new_state)
+
+        # Copies of the state: it is assigned below, and torch's checkpoint keeps the inputs it
+        # recomputes from (an in-place update would invalidate them).
+        values = [ops.convert_to_tensor(v.value) for v in self.trainable_variables]
+        values += [ops.copy(v.value) for v in state]
+        results = keras.remat(forward)(inputs, *values)
+        for variable, value in zip(state, results[1:]):
+            variable.assign(value)
+        return results[0]
+
+    def _forward(self, inputs, training):
         pre, between, tail, post = ORDERINGS[self.ordering]
         if self.preactivation == "shared":
             inputs = self._apply(pre, self.pre_norms, inputs, training)
@@ -367,6 +402,7 @@ class ResidualUnit(keras.layers.Layer):
                 "residual_scale": self.residual_scale,
                 "gate_bias": self.gate_bias,
                 "dropout_rate": self.dropout_rate,
+                "remat": self.remat,
                 "data_format": self.data_format,
             }
         )
