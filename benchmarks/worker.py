@@ -1,0 +1,155 @@
+"""One measurement in a fresh process; prints one JSON line. The orchestrator (`__main__`) runs it.
+
+    python -m benchmarks.worker train --impl=keras --depth=164 --batch=64 [--jit] [--channels_first]
+    python -m benchmarks.worker train --impl=torch --depth=164 --batch=64 [--channels_last]
+    python -m benchmarks.worker pipeline --data_dir=../shared/data/cifar10-jpeg
+    python -m benchmarks.worker build --depth=1001
+    python -m benchmarks.worker serving --depth=164
+"""
+
+import argparse
+import json
+import os
+import resource
+import time
+
+import numpy as np
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def block_of(depth):
+    return "bottleneck" if (depth - 2) % 9 == 0 and depth not in (20, 56, 110) else "basic"
+
+
+def timed_steps(step, warmup, steps):
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def train_keras(args):
+    import keras
+
+    import keras_preact
+    from keras_preact.recipe import TorchSGD
+
+    if args.channels_first:
+        keras.config.set_image_data_format("channels_first")
+    shape = (3, 32, 32) if args.channels_first else (32, 32, 3)
+    start = time.perf_counter()
+    model = keras_preact.PreActResNet(args.depth, block=block_of(args.depth), input_shape=shape, remat=args.remat)
+    build_seconds = time.perf_counter() - start
+    model.compile(optimizer=TorchSGD(0.01), loss="sparse_categorical_crossentropy", jit_compile=args.jit)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(args.batch, *shape)).astype("float32")
+    y = rng.integers(0, 10, size=args.batch)
+    seconds = timed_steps(lambda: model.train_on_batch(x, y), args.warmup, args.steps)
+    return {"backend": keras.backend.backend(), "parameters": model.count_params(), "build_seconds": build_seconds,
+            "step_seconds": seconds, "images_per_second": args.batch / seconds}
+
+
+def train_torch(args):
+    import torch
+
+    from benchmarks.native_torch import PreActResNet, parameter_counts
+
+    bottleneck = block_of(args.depth) == "bottleneck"
+    model = PreActResNet(args.depth, bottleneck)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x = torch.randn(args.batch, 3, 32, 32).to(memory_format=fmt)
+    y = torch.randint(0, 10, (args.batch,))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+
+    seconds = timed_steps(step, args.warmup, args.steps)
+    return {"backend": "native torch", "parameters": parameter_counts(model)[1], "torch_threads": torch.get_num_threads(),
+            "step_seconds": seconds, "images_per_second": args.batch / seconds}
+
+
+def pipeline(args):
+    from keras_preact import data
+
+    start = time.perf_counter()
+    train, _ = data.load("cifar10", args.data_dir)
+    decode = time.perf_counter() - start
+    dataset = data.train_dataset(train, data.DATASETS["cifar10"], batch_size=args.batch)
+    batches = len(train) // args.batch
+    iterator = iter(dataset)
+    next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches - 1):
+        next(iterator)
+    seconds = time.perf_counter() - start
+    return {"decode_seconds": decode, "images_per_second": (batches - 1) * args.batch / seconds}
+
+
+def build(args):
+    import keras
+
+    import keras_preact
+
+    start = time.perf_counter()
+    model = keras_preact.PreActResNet(args.depth, block=block_of(args.depth))
+    return {"backend": keras.backend.backend(), "build_seconds": time.perf_counter() - start, "layers": len(model.layers)}
+
+
+def serving(args):
+    import tempfile
+
+    import keras
+    import tensorflow as tf
+
+    import keras_preact
+
+    model = keras_preact.PreActResNet(args.depth, block=block_of(args.depth))
+    path = keras_preact.export_saved_model(model, tempfile.mkdtemp())
+    signature = tf.saved_model.load(path).signatures["serving_default"]
+    rng = np.random.default_rng(0)
+    one = tf.constant(rng.integers(0, 256, size=(1, 32, 32, 3)).astype(np.uint8))
+    many = tf.constant(rng.integers(0, 256, size=(256, 32, 32, 3)).astype(np.uint8))
+    normalised = rng.normal(size=(256, 32, 32, 3)).astype("float32")
+    latency = timed_steps(lambda: signature(images=one), 5, args.steps * 5)
+    throughput = 256 / timed_steps(lambda: signature(images=many), 1, args.steps)
+    keras_latency = timed_steps(lambda: model.predict(normalised[:1], verbose=0), 3, args.steps * 5)
+    keras_throughput = 256 / timed_steps(lambda: model.predict(normalised, batch_size=256, verbose=0), 1, args.steps)
+    return {"backend": keras.backend.backend(), "saved_model_latency_ms": 1000 * latency,
+            "saved_model_images_per_second": throughput, "keras_predict_latency_ms": 1000 * keras_latency,
+            "keras_predict_images_per_second": keras_throughput}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("task", choices=["train", "pipeline", "build", "serving"])
+    parser.add_argument("--impl", choices=["keras", "torch"], default="keras")
+    parser.add_argument("--depth", type=int, default=164)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--jit", action="store_true")
+    parser.add_argument("--channels_first", action="store_true")
+    parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--data_dir", default=os.path.join("..", "shared", "data", "cifar10-jpeg"))
+    args = parser.parse_args()
+    if args.task == "train":
+        result = train_torch(args) if args.impl == "torch" else train_keras(args)
+    else:
+        result = {"pipeline": pipeline, "build": build, "serving": serving}[args.task](args)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
