@@ -17,7 +17,7 @@ def define_training_flags(depth):
     flags.DEFINE_enum("recipe", "paper", ["paper", "official"], "paper: batch 128, warm-up, 64k iterations. official: batch 64, Nesterov, 200 epochs.")
     flags.DEFINE_integer("epochs", None, "Epochs (default: the recipe's); the schedule scales with it.")
     flags.DEFINE_integer("batch_size", None, "Global batch size (default: the recipe's); the learning rate scales linearly.")
-    flags.DEFINE_integer("train_subset", None, "Train on the first N training images only.")
+    flags.DEFINE_integer("train_subset", None, "Train on N images only, taken class by class in turn (class-balanced).")
     flags.DEFINE_string("model_dir", None, "Checkpoints, logs and results.")
     flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_device"], "Device placement.")
     flags.DEFINE_integer("cpu_replicas", None, "Split the CPU into N logical devices (TensorFlow, JAX) to run the multi-replica path without GPUs.")

@@ -41,12 +41,20 @@ class Split:
         return len(self.labels)
 
     def subset(self, count):
-        """The first `count` examples."""
+        """`count` examples, taken class by class in turn (the first of each class, then the
+        second, ...): class-balanced even where the source is sorted by class, as image folders
+        are, and the same examples every time."""
         if count is None:
             return self
         if count < 1 or count > len(self):
             raise ValueError(f"train_subset={count} must be between 1 and the split's {len(self)} images.")
-        return Split(self.images[:count], self.labels[:count])
+        rank_in_class = np.empty(len(self), np.int64)
+        for label in np.unique(self.labels):
+            members = np.flatnonzero(self.labels == label)
+            rank_in_class[members] = np.arange(len(members))
+        chosen = np.lexsort((self.labels, rank_in_class))[:count]
+        chosen.sort()  # keep the source's order among the chosen
+        return Split(self.images[chosen], self.labels[chosen])
 
 
 def dataset_info(name):

@@ -170,6 +170,14 @@ def test_bad_arrays(images, labels, message):
         data.from_arrays(images, labels)
 
 
+def test_subset_is_class_balanced_on_class_sorted_folders():
+    train, _ = data.load("cifar10", SAMPLE)  # sorted by class: 3 airplanes, 3 automobiles, ...
+    subset = train.subset(20)
+    assert np.bincount(subset.labels, minlength=10).tolist() == [2] * 10
+    np.testing.assert_array_equal(subset.images[0], train.images[0])  # the first airplane
+    np.testing.assert_array_equal(train.subset(20).images, subset.images)  # the same every time
+
+
 def test_subset_bounds():
     split = data.from_arrays(np.zeros((4, 32, 32, 3), np.uint8), [0, 1, 2, 3])
     with pytest.raises(ValueError, match="train_subset=5 must be between 1 and the split's 4 images"):
