@@ -152,6 +152,9 @@ def report(records, path, chart):
         lines += ["", "## Serving ResNet-164 (TensorFlow)", "", "| | latency, batch 1 (ms) | throughput, batch 256 (images/s) |", "|---|---|---|",
                   f"| exported SavedModel (`serving_default`, uint8 in) | {s['saved_model_latency_ms']:.1f} | {s['saved_model_images_per_second']:.0f} |",
                   f"| Keras `model.predict` | {s['keras_predict_latency_ms']:.1f} | {s['keras_predict_images_per_second']:.0f} |"]
+    analysis = os.path.join(HERE, "ANALYSIS.md")  # hand-written: what limits each missed target
+    if os.path.exists(analysis):
+        lines += ["", open(analysis).read().strip()]
     text = "\n".join(lines) + "\n"
     with open(path, "w") as f:
         f.write(text)

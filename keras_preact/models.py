@@ -9,7 +9,7 @@ import re
 
 import keras
 
-from keras_preact.units import BLOCKS, CONV_INITIALIZER, ORDERINGS, SHORTCUTS, ResidualUnit, check_choice
+from keras_preact.units import BLOCKS, CONV_INITIALIZER, ORDERINGS, SHORTCUT_OPTIONS, SHORTCUTS, ResidualUnit, check_choice
 from keras_preact.units import BN_EPSILON, BN_MOMENTUM, STRIDE_PLACEMENTS
 
 STEMS = ("cifar", "imagenet")
@@ -251,7 +251,7 @@ def PreActResNet(
     check_choice("unit", unit, tuple(ORDERINGS))
     check_choice("shortcut", shortcut, SHORTCUTS)
     check_choice("stride_on", stride_on, (None, *STRIDE_PLACEMENTS))
-    unknown = set(shortcut_options) - {"shortcut_scale", "residual_scale", "gate_bias", "dropout_rate"}
+    unknown = set(shortcut_options) - set(SHORTCUT_OPTIONS)
     if unknown:
         raise TypeError(f"PreActResNet() got unexpected keyword argument(s): {', '.join(sorted(unknown))}.")
     if stem == "imagenet" and unit != "full_preact":

@@ -41,10 +41,10 @@ SHORTCUTS = (
 )
 # Options of one shortcut variant, with their defaults; None in the constructor means "default".
 SHORTCUT_OPTIONS = {
-    "shortcut_scale": ("constant_scaling", 0.5),
-    "residual_scale": ("constant_scaling", 1.0),
+    "shortcut_scale": (("constant_scaling",), 0.5),
+    "residual_scale": (("constant_scaling",), 1.0),
     "gate_bias": (("exclusive_gating", "shortcut_only_gating"), -6.0),
-    "dropout_rate": ("dropout", 0.5),
+    "dropout_rate": (("dropout",), 0.5),
 }
 
 BLOCKS = ("basic", "bottleneck")
@@ -156,7 +156,6 @@ class ResidualUnit(keras.layers.Layer):
         }
         for option, value in given.items():
             variants, default = SHORTCUT_OPTIONS[option]
-            variants = variants if isinstance(variants, tuple) else (variants,)
             if value is not None and shortcut not in variants:
                 raise ValueError(
                     f"{option}={value!r} applies to shortcut={' or '.join(map(repr, variants))}, "
