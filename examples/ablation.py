@@ -36,7 +36,7 @@ def main(argv):
         sys.exit(1)
     block = config.block or train.default_block(config.depth)
     epochs = config.epochs or train.recipes.get_recipe(config.recipe).epochs
-    subset = f", first {config.train_subset} training images" if config.train_subset else ""
+    subset = f", {config.train_subset} training images (class-balanced)" if config.train_subset else ""
     scale = f"ResNet-{config.depth} ({block}), {config.dataset}, {epochs} epochs, {config.recipe} recipe{subset}"
     markdown, _, chart = ablation.write_report(rows, config.model_dir, scale)
     print(open(markdown).read())
