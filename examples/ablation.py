@@ -20,11 +20,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from keras_preact import distribute
-
-    distribute.split_cpu(FLAGS.cpu_replicas)
+    common.prepare(argv)
     from keras_preact import ablation, train
 
     config = common.run_config("runs/ablation")

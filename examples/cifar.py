@@ -20,11 +20,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from keras_preact import distribute
-
-    distribute.split_cpu(FLAGS.cpu_replicas)  # before the backend touches its devices
+    common.prepare(argv)
     from keras_preact import train
 
     config = common.run_config(os.path.join("runs", f"{FLAGS.dataset}_resnet{FLAGS.depth}"))

@@ -1,6 +1,6 @@
 """Flags shared by the example scripts, and the RunConfig they describe."""
 
-from absl import flags
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 
@@ -25,8 +25,18 @@ def define_training_flags(depth):
     flags.DEFINE_integer("seed", 0, "Random seed (initialisation, shuffling, augmentation).")
 
 
+def prepare(argv):
+    """Rejects stray arguments and splits the CPU as `--cpu_replicas` asks, before the backend
+    initialises its devices."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from keras_preact import distribute
+
+    distribute.split_cpu(FLAGS.cpu_replicas)
+
+
 def run_config(model_dir):
-    """The RunConfig the flags describe (after `distribute.split_cpu`, which must come first)."""
+    """The RunConfig the flags describe (call `prepare` first)."""
     from keras_preact import train
 
     return train.RunConfig(
