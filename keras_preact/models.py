@@ -10,7 +10,7 @@ import re
 import keras
 
 from keras_preact.units import BLOCKS, CONV_INITIALIZER, ORDERINGS, SHORTCUT_OPTIONS, SHORTCUTS, ResidualUnit, check_choice
-from keras_preact.units import BN_EPSILON, BN_MOMENTUM, STRIDE_PLACEMENTS
+from keras_preact.units import STRIDE_PLACEMENTS, batch_norm
 
 STEMS = ("cifar", "imagenet")
 
@@ -111,16 +111,10 @@ def _inputs(input_tensor, input_shape, stem, data_format):
     return input_tensor
 
 
-def _batch_norm(name, axis):
-    return keras.layers.BatchNormalization(
-        axis=axis, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
-    )
-
-
 def _activate(x, operations, prefix, axis):
     for operation in operations:
         if operation == "bn":
-            x = _batch_norm(f"{prefix}_bn", axis)(x)
+            x = batch_norm(f"{prefix}_bn", axis)(x)
         else:
             x = keras.layers.ReLU(name=f"{prefix}_relu")(x)
     return x

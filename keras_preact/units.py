@@ -62,6 +62,11 @@ def check_choice(argument, value, choices):
         )
 
 
+def batch_norm(name, axis, dtype=None):
+    """BatchNormalization with Torch's epsilon and momentum: the one used everywhere."""
+    return keras.layers.BatchNormalization(axis=axis, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, name=name)
+
+
 def output_channels(block, filters):
     """Channels a unit of `block` type with `filters` outputs."""
     return filters * BOTTLENECK_EXPANSION if block == "bottleneck" else filters
@@ -193,15 +198,6 @@ class ResidualUnit(keras.layers.Layer):
             (self.out_channels, 1, 1),
         ]
 
-    def _norm(self, name):
-        return keras.layers.BatchNormalization(
-            axis=self.channel_axis,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON,
-            dtype=self.dtype_policy,
-            name=name,
-        )
-
     def _conv(self, filters, kernel, strides, name):
         # Strided 3×3 convs pad explicitly in call(): Keras' "same" pads only the bottom/right
         # for stride 2, which would shift the sampled pixels by one against the shortcut.
@@ -223,7 +219,7 @@ class ResidualUnit(keras.layers.Layer):
         norms = []
         for operation in operations:
             if operation == "bn":
-                norm = self._norm(f"{prefix}_bn")
+                norm = batch_norm(f"{prefix}_bn", self.channel_axis, self.dtype_policy)
                 norm.build(shape)
                 norms.append(norm)
         return norms
