@@ -17,11 +17,14 @@ from keras_preact.models import (
     ResNet200,
     ResNet1001,
 )
+from keras_preact.layers import BatchNorm, Conv2D
 from keras_preact.units import ResidualUnit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchNorm",
+    "Conv2D",
     "export_onnx",
     "export_saved_model",
     "PreActResNet",

@@ -9,8 +9,17 @@ import re
 
 import keras
 
-from keras_preact.units import BLOCKS, CONV_INITIALIZER, ORDERINGS, SHORTCUT_OPTIONS, SHORTCUTS, ResidualUnit, check_choice
-from keras_preact.units import STRIDE_PLACEMENTS, batch_norm
+from keras_preact.layers import Conv2D, batch_norm
+from keras_preact.units import (
+    BLOCKS,
+    CONV_INITIALIZER,
+    ORDERINGS,
+    SHORTCUT_OPTIONS,
+    SHORTCUTS,
+    STRIDE_PLACEMENTS,
+    ResidualUnit,
+    check_choice,
+)
 
 STEMS = ("cifar", "imagenet")
 
@@ -128,12 +137,12 @@ def _stem(x, stem, unit, data_format, axis):
     )
     if stem == "cifar":
         # Full pre-activation: a bare conv; the first unit pre-activates (resnet-pre-act.lua).
-        x = keras.layers.Conv2D(16, 3, padding="same", name="conv1", **conv_args)(x)
+        x = Conv2D(16, 3, padding="same", name="conv1", **conv_args)(x)
         return _activate(x, NETWORK_ACTIVATIONS[unit][0], "conv1", axis)
     # Explicit symmetric padding = Torch's 7x7/2 pad 3 and 3x3/2 max-pool pad 1; after the ReLU,
     # zero padding equals Torch's -inf padding for the max-pool.
     x = keras.layers.ZeroPadding2D(3, data_format=data_format, name="conv1_pad")(x)
-    x = keras.layers.Conv2D(64, 7, strides=2, name="conv1_conv", **conv_args)(x)
+    x = Conv2D(64, 7, strides=2, name="conv1_conv", **conv_args)(x)
     x = _activate(x, ("bn", "relu"), "conv1", axis)
     x = keras.layers.ZeroPadding2D(1, data_format=data_format, name="pool1_pad")(x)
     return keras.layers.MaxPooling2D(3, strides=2, data_format=data_format, name="pool1_pool")(x)

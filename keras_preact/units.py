@@ -9,8 +9,7 @@ all of them, for basic and bottleneck units alike.
 import keras
 from keras import ops
 
-BN_MOMENTUM = 0.9  # Torch's running-average momentum 0.1
-BN_EPSILON = 1e-5  # Torch's default
+from keras_preact.layers import Conv2D, batch_norm
 
 # The official init: normal(0, sqrt(2 / (k*k*C_out))), He fan-out, *untruncated* (Keras' HeNormal is
 # fan-in and truncated).
@@ -60,11 +59,6 @@ def check_choice(argument, value, choices):
         raise ValueError(
             f"Unknown {argument}={value!r}. Valid values: {', '.join(repr(c) for c in choices)}."
         )
-
-
-def batch_norm(name, axis, dtype=None):
-    """BatchNormalization with Torch's epsilon and momentum: the one used everywhere."""
-    return keras.layers.BatchNormalization(axis=axis, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, name=name)
 
 
 def output_channels(block, filters):
@@ -202,7 +196,7 @@ class ResidualUnit(keras.layers.Layer):
         # Strided 3×3 convs pad explicitly in call(): Keras' "same" pads only the bottom/right
         # for stride 2, which would shift the sampled pixels by one against the shortcut.
         padding = "valid" if (strides > 1 and kernel > 1) else "same"
-        return keras.layers.Conv2D(
+        return Conv2D(
             filters,
             kernel,
             strides=strides,
@@ -260,7 +254,7 @@ class ResidualUnit(keras.layers.Layer):
             self.projection = self._conv(self.out_channels, 1, self.strides, "shortcut_conv")
             self.projection.build(input_shape)
         if not self.changes_shape and self.shortcut.endswith("_gating"):
-            self.gate = keras.layers.Conv2D(
+            self.gate = Conv2D(
                 self.out_channels,
                 1,
                 kernel_initializer=keras.initializers.get(CONV_INITIALIZER),

@@ -1,0 +1,186 @@
+"""Keras' Conv2D and BatchNormalization on each backend's fastest kernels, with Keras' numbers.
+
+Two costs of Keras 3 that a pre-activation ResNet, with a BatchNorm before every convolution, pays
+in full (measured in benchmarks/ANALYSIS.md):
+
+- BatchNorm is built from separate ops (mean, variance, subtract, multiply, add), each a pass over
+  the activations and another in the backward pass. TensorFlow and PyTorch each ship one fused
+  kernel; `BatchNorm` calls it (on torch, ResNet-164: ≈650 ms of BatchNorm kernels per step before,
+  ≈270 ms like native PyTorch after).
+- On torch with channels-last data, Keras' convolution copies its input twice (to contiguous NCHW,
+  then to channels-last NCHW), though an NHWC tensor already *is* a channels-last NCHW tensor.
+  `Conv2D` hands PyTorch the view.
+
+Both keep Keras' conventions, so results, weights and saved files are those of the Keras layers:
+the moving variance averages the *biased* batch variance, and half-precision inputs are
+normalised in float32.
+"""
+
+import keras
+from keras import ops
+
+BN_MOMENTUM = 0.9  # Torch's running-average momentum 0.1
+BN_EPSILON = 1e-5  # Torch's default
+
+
+def _torch_kernel(x, gamma, beta, mean, variance, channels_first, epsilon, training):
+    import torch
+
+    if not channels_first:
+        # NHWC as an NCHW view in channels-last strides: PyTorch's kernel reads it in place.
+        x = x.permute(0, 3, 1, 2)
+    batch_mean = batch_variance = None
+    if training:
+        # native_batch_norm also returns the batch statistics it used (F.batch_norm does not).
+        outputs, batch_mean, inverse_std = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, epsilon)
+        # It saves 1/sqrt(var + eps) for its backward pass; the biased variance is in it.
+        batch_mean, inverse_std = batch_mean.detach(), inverse_std.detach()
+        batch_variance = inverse_std.square().reciprocal() - epsilon
+    else:
+        # The public op: exportable to ONNX and torch.export.
+        outputs = torch.nn.functional.batch_norm(x, mean, variance, gamma, beta, False, 0.0, epsilon)
+    if not channels_first:
+        outputs = outputs.permute(0, 2, 3, 1)
+    return outputs, batch_mean, batch_variance
+
+
+def _tensorflow_kernel(x, gamma, beta, mean, variance, channels_first, epsilon, training):
+    import tensorflow as tf
+
+    outputs, batch_mean, batch_variance = tf.compat.v1.nn.fused_batch_norm(
+        x,
+        gamma,
+        beta,
+        mean=None if training else mean,
+        variance=None if training else variance,
+        epsilon=epsilon,
+        data_format="NCHW" if channels_first else "NHWC",
+        is_training=training,
+    )
+    if not training:
+        return outputs, None, None
+    # TensorFlow returns the Bessel-corrected variance; Keras' moving average uses the biased one.
+    count = tf.cast(tf.size(x) // tf.size(batch_mean), batch_variance.dtype)
+    return outputs, batch_mean, batch_variance * (count - 1.0) / count
+
+
+FUSED_KERNELS = {"torch": _torch_kernel, "tensorflow": _tensorflow_kernel}
+
+
+@keras.saving.register_keras_serializable(package="keras_preact")
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` that passes channels-last inputs to PyTorch without copying them.
+
+    Only the torch backend with `data_format="channels_last"` differs from Keras: the NHWC input is
+    given to `torch.nn.functional.conv2d` as the NCHW view it is (channels-last strides, which
+    PyTorch's CPU and cuDNN kernels prefer), instead of being copied twice. Padding "same" takes
+    this path where it is symmetric (stride 1 with an odd kernel, or a 1×1 kernel); everything
+    else is Keras' own code.
+
+    Example:
+
+    >>> import numpy as np
+    >>> conv = Conv2D(4, 3, padding="same", use_bias=False)
+    >>> tuple(conv(np.zeros((1, 8, 8, 3), "float32")).shape)
+    (1, 8, 8, 4)
+    """
+
+    def _torch_padding(self):
+        if self.padding == "valid":
+            return 0
+        if all(k == 1 for k in self.kernel_size) or (
+            all(s == 1 for s in self.strides) and all(k % 2 for k in self.kernel_size)
+        ):
+            return tuple(d * (k // 2) for k, d in zip(self.kernel_size, self.dilation_rate))
+        return None
+
+    def convolution_op(self, inputs, kernel):
+        if (
+            keras.backend.backend() == "jax"
+            and self.data_format == "channels_last"
+            and all(k == 1 for k in self.kernel_size)
+            and all(s == 1 for s in self.strides)
+        ):
+            return ops.matmul(inputs, kernel[0, 0])
+        if keras.backend.backend() != "torch" or self.data_format != "channels_last" or self.groups != 1:
+            return super().convolution_op(inputs, kernel)
+        padding = self._torch_padding()
+        if padding is None:
+            return super().convolution_op(inputs, kernel)
+        import torch
+
+        inputs, kernel = ops.convert_to_tensor(inputs), ops.convert_to_tensor(kernel)
+        outputs = torch.nn.functional.conv2d(
+            inputs.permute(0, 3, 1, 2),  # NHWC -> NCHW view, channels-last strides
+            kernel.permute(3, 2, 0, 1),  # HWIO -> OIHW
+            stride=self.strides,
+            padding=padding,
+            dilation=self.dilation_rate,
+        )
+        return outputs.permute(0, 2, 3, 1)
+
+
+@keras.saving.register_keras_serializable(package="keras_preact")
+class BatchNorm(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` that runs the backend's fused kernel where there is one.
+
+    On TensorFlow (`FusedBatchNormV3`) and torch (`native_batch_norm`), 4-D inputs normalised over
+    the channel axis (first or last) take one fused kernel, in training and inference. JAX has no
+    such kernel (XLA fuses the element-wise ops itself), and masks, renormalisation and synchronised
+    statistics are Keras-only features; those take Keras' implementation. Either way the outputs and
+    the moving statistics are Keras' within float32 rounding.
+
+    Args:
+        fused: use the fused kernel where the backend has one (True), or always Keras' ops.
+        **kwargs: arguments of `keras.layers.BatchNormalization`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = BatchNorm(momentum=0.9, epsilon=1e-5)
+    >>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(8, 4, 4, 2)).astype("float32")
+    >>> y = keras.ops.convert_to_numpy(layer(x, training=True))
+    >>> bool(np.allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-5))
+    True
+    >>> bool(np.allclose(keras.ops.convert_to_numpy(layer.moving_mean), 0.1 * x.mean(axis=(0, 1, 2)), atol=1e-5))
+    True
+    """
+
+    def __init__(self, fused=True, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(fused, bool):
+            raise TypeError(f"fused must be True or False, got {fused!r}.")
+        self.fused = fused
+
+    def _kernel(self, inputs, mask):
+        if not self.fused or mask is not None or self.renorm or self.synchronized or len(inputs.shape) != 4:
+            return None
+        if self.axis % 4 not in (1, 3) or not (self.scale and self.center):
+            return None
+        if keras.backend.standardize_dtype(inputs.dtype) not in ("float16", "bfloat16", "float32"):
+            return None
+        return FUSED_KERNELS.get(keras.backend.backend())
+
+    def call(self, inputs, training=None, mask=None):
+        kernel = self._kernel(inputs, mask)
+        if kernel is None:
+            return super().call(inputs, training=training, mask=mask)
+        training = bool(training and self.trainable)
+        gamma, beta, moving_mean, moving_variance = (
+            ops.cast(v, "float32") for v in (self.gamma, self.beta, self.moving_mean, self.moving_variance)
+        )
+        outputs, mean, variance = kernel(
+            inputs, gamma, beta, moving_mean, moving_variance, self.axis % 4 == 1, self.epsilon, training
+        )
+        if training:
+            self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        return ops.cast(outputs, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "fused": self.fused}
+
+
+def batch_norm(name, axis, dtype=None):
+    """BatchNorm with Torch's epsilon and momentum: the one used everywhere in the networks."""
+    return BatchNorm(axis=axis, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, name=name)
