@@ -103,6 +103,25 @@ class TorchSGD(keras.optimizers.Optimizer):
         step = gradient + ops.cast(self.momentum, variable.dtype) * new_buffer if self.nesterov else new_buffer
         self.assign_sub(variable, learning_rate * step)
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # On torch, one multi-tensor (foreach) kernel per operation for all parameters, as
+        # torch.optim.SGD does, instead of ≈10 dispatched ops per parameter (≈100 ms of a
+        # ResNet-164 step on 2 CPU cores). Same arithmetic as update_step.
+        if keras.backend.backend() != "torch":
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        import torch
+
+        with torch.no_grad():
+            weights = [variable.value for variable in trainable_variables]
+            buffers = [self.buffers[self._get_variable_index(v)].value for v in trainable_variables]
+            grads = [g.to(w.dtype) for g, w in zip(grads, weights)]
+            if self.coupled_weight_decay:
+                grads = torch._foreach_add(grads, weights, alpha=self.coupled_weight_decay)
+            torch._foreach_mul_(buffers, self.momentum)
+            torch._foreach_add_(buffers, grads)
+            step = torch._foreach_add(grads, buffers, alpha=self.momentum) if self.nesterov else buffers
+            torch._foreach_sub_(weights, torch._foreach_mul(step, learning_rate))
+
     def get_config(self):
         config = super().get_config()
         config.update(
