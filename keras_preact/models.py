@@ -234,7 +234,8 @@ def PreActResNet(
         stride_on: bottleneck stride on `"first_1x1"` (official CIFAR code) or `"3x3"` (FAIR,
             timm); defaults to the stem's official placement.
         remat: recompute each unit's activations in the backward pass (less memory, more
-            compute; see `ResidualUnit`).
+            compute; see `ResidualUnit`). For ResNet-1001 use torch or JAX: TensorFlow's
+            tracing of hundreds of recomputed units takes many minutes.
         name: model name; defaults to `"preact_resnet{depth}"`.
         **shortcut_options: `shortcut_scale`, `residual_scale` (constant scaling), `gate_bias`
             (gating), `dropout_rate` (dropout); see `ResidualUnit`.
