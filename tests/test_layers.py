@@ -143,8 +143,9 @@ def test_batch_norm_config_round_trip_and_bad_argument():
         dict(filters=6, kernel_size=1, padding="same", strides=2),
         dict(filters=6, kernel_size=1, padding="same", use_bias=True),
         dict(filters=4, kernel_size=3, padding="same", strides=2),  # asymmetric "same": Keras' path
+        dict(filters=6, kernel_size=1, groups=3),  # grouped: Keras' path
     ],
-    ids=["3x3_same", "3x3_valid_s2", "1x1_s2", "1x1_bias", "3x3_same_s2"],
+    ids=["3x3_same", "3x3_valid_s2", "1x1_s2", "1x1_bias", "3x3_same_s2", "1x1_grouped"],
 )
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 def test_conv_trains_like_keras(kwargs, data_format):
