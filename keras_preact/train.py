@@ -6,6 +6,7 @@ a restarted run resumes from it), `history.csv`, TensorBoard `logs/`, and at the
 `model.weights.h5`, `results.json` and `curves.png`.
 """
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -151,6 +152,18 @@ def _check_resumable(config, path):
         json.dump(saved, f, indent=2)
 
 
+@contextlib.contextmanager
+def _dtype_policy(name):
+    """Keras reads the global dtype policy when a layer is made: set it for this model only, so a
+    mixed-precision run does not change the caller's later models."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     """Trains, evaluates and returns the results dict (also written to `model_dir/results.json`).
 
@@ -169,7 +182,6 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}.")
     units_per_stage(config.depth, block, "cifar")  # a bad depth/block fails before any data loads
-    keras.config.set_dtype_policy(PRECISIONS[config.mixed_precision])
 
     os.makedirs(config.model_dir, exist_ok=True)
     _check_resumable(config, os.path.join(config.model_dir, "config.json"))
@@ -190,7 +202,8 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     )
 
     with placement.scope():
-        model = PreActResNet(config.depth, block=block, classes=info.classes, **config.model_options)
+        with _dtype_policy(PRECISIONS[config.mixed_precision]):
+            model = PreActResNet(config.depth, block=block, classes=info.classes, **config.model_options)
         model.compile(
             optimizer=recipes.make_optimizer(plan, steps_per_epoch, epochs, batch_size),
             loss=keras.losses.SparseCategoricalCrossentropy(),

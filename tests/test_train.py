@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from helpers import run_python
 
+import keras_preact
 from keras_preact import recipe, train
 from keras_preact.data import from_arrays
 
@@ -45,6 +46,16 @@ def test_small_run_lowers_the_loss(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text()) == results
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "model.weights.h5").exists() and list((tmp_path / "logs").iterdir())
+
+
+def test_mixed_precision_run_leaves_the_global_policy_alone(tmp_path):
+    config = train.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path), mixed_precision="bfloat16")
+    results = train.run(config, *toy_splits(), verbose=0)
+    assert 0.0 <= results["test_error"] <= 100.0 and results["steps"] == 6
+    assert keras.config.dtype_policy().name == "float32"
+    weights = keras_preact.PreActResNet(8, block="basic")
+    weights.load_weights(str(tmp_path / "model.weights.h5"))  # float32 weights, loadable anywhere
+    assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in weights.weights)
 
 
 def test_default_blocks_follow_the_paper():
