@@ -1,6 +1,6 @@
 """Keras' Conv2D and BatchNormalization on each backend's fastest kernels, with Keras' numbers.
 
-Two costs of Keras 3 that a pre-activation ResNet, with a BatchNorm before every convolution, pays
+Costs of Keras 3 that a pre-activation ResNet, with a BatchNorm before every convolution, pays
 in full (measured in benchmarks/ANALYSIS.md):
 
 - BatchNorm is built from separate ops (mean, variance, subtract, multiply, add), each a pass over
@@ -10,8 +10,11 @@ in full (measured in benchmarks/ANALYSIS.md):
 - On torch with channels-last data, Keras' convolution copies its input twice (to contiguous NCHW,
   then to channels-last NCHW), though an NHWC tensor already *is* a channels-last NCHW tensor.
   `Conv2D` hands PyTorch the view.
+- On JAX, XLA:CPU computes a 1×1 convolution's filter gradient 3.5× slower than the same matrix
+  product; `Conv2D` writes stride-1 1×1 convolutions as one.
 
-Both keep Keras' conventions, so results, weights and saved files are those of the Keras layers:
+Both keep Keras' conventions, so outputs and weights are those of the Keras layers (weights load
+either way; a `.keras` file names these registered classes):
 the moving variance averages the *biased* batch variance, and half-precision inputs are
 normalised in float32.
 """

@@ -105,8 +105,8 @@ class TorchSGD(keras.optimizers.Optimizer):
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # On torch, one multi-tensor (foreach) kernel per operation for all parameters, as
-        # torch.optim.SGD does, instead of ≈10 dispatched ops per parameter (≈100 ms of a
-        # ResNet-164 step on 2 CPU cores). Same arithmetic as update_step.
+        # torch.optim.SGD does, instead of ≈10 dispatched ops per parameter (ResNet-164 on 2 CPU
+        # cores: 7.7 instead of 44.6 ms per step). Same arithmetic as update_step.
         if keras.backend.backend() != "torch":
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         import torch
