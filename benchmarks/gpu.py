@@ -38,8 +38,8 @@ def main():
     import keras
     import numpy as np
 
-    from keras_preact.models import PreActResNet
-    from keras_preact.recipe import TorchSGD
+    from keras_preact.model.builders import PreActResNet
+    from keras_preact.training.recipe import TorchSGD
 
     keras.config.set_dtype_policy(args.precision)
     start = time.perf_counter()

@@ -33,7 +33,7 @@ def main():
 
     import keras_preact
     from benchmarks.native_torch import PreActResNet
-    from keras_preact.recipe import TorchSGD
+    from keras_preact.training.recipe import TorchSGD
 
     if args.channels_first:
         keras.config.set_image_data_format("channels_first")

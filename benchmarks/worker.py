@@ -15,13 +15,11 @@ import time
 
 import numpy as np
 
+from keras_preact.choices import default_block
+
 
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def block_of(depth):
-    return "bottleneck" if (depth - 2) % 9 == 0 and depth not in (20, 56, 110) else "basic"
 
 
 def timed_steps(step, warmup, steps):
@@ -37,13 +35,13 @@ def train_keras(args):
     import keras
 
     import keras_preact
-    from keras_preact.recipe import TorchSGD
+    from keras_preact.training.recipe import TorchSGD
 
     if args.channels_first:
         keras.config.set_image_data_format("channels_first")
     shape = (3, 32, 32) if args.channels_first else (32, 32, 3)
     start = time.perf_counter()
-    model = keras_preact.PreActResNet(args.depth, block=block_of(args.depth), input_shape=shape, remat=args.remat)
+    model = keras_preact.PreActResNet(args.depth, block=default_block(args.depth), input_shape=shape, remat=args.remat)
     build_seconds = time.perf_counter() - start
     model.compile(optimizer=TorchSGD(0.01), loss="sparse_categorical_crossentropy", jit_compile=args.jit)
     rng = np.random.default_rng(0)
@@ -59,7 +57,7 @@ def train_torch(args):
 
     from benchmarks.native_torch import PreActResNet, parameter_counts
 
-    bottleneck = block_of(args.depth) == "bottleneck"
+    bottleneck = default_block(args.depth) == "bottleneck"
     model = PreActResNet(args.depth, bottleneck)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
@@ -79,12 +77,13 @@ def train_torch(args):
 
 
 def pipeline(args):
-    from keras_preact import data
+    from keras_preact import choices
+    from keras_preact.training import data
 
     start = time.perf_counter()
     train, _ = data.load("cifar10", args.data_dir)
     decode = time.perf_counter() - start
-    dataset = data.train_dataset(train, data.DATASETS["cifar10"], batch_size=args.batch)
+    dataset = data.train_dataset(train, choices.DATASETS["cifar10"], batch_size=args.batch)
     batches = len(train) // args.batch
     iterator = iter(dataset)
     next(iterator)
@@ -101,7 +100,7 @@ def build(args):
     import keras_preact
 
     start = time.perf_counter()
-    model = keras_preact.PreActResNet(args.depth, block=block_of(args.depth))
+    model = keras_preact.PreActResNet(args.depth, block=default_block(args.depth))
     return {"backend": keras.backend.backend(), "build_seconds": time.perf_counter() - start, "layers": len(model.layers)}
 
 
@@ -113,7 +112,7 @@ def serving(args):
 
     import keras_preact
 
-    model = keras_preact.PreActResNet(args.depth, block=block_of(args.depth))
+    model = keras_preact.PreActResNet(args.depth, block=default_block(args.depth))
     path = keras_preact.export_saved_model(model, tempfile.mkdtemp())
     signature = tf.saved_model.load(path).signatures["serving_default"]
     rng = np.random.default_rng(0)

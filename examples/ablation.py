@@ -13,27 +13,26 @@ import sys
 from absl import app, flags, logging
 
 import common
+from keras_preact import choices
 
 common.define_training_flags(depth=110)
-flags.DEFINE_list("variants", None, "Variants to train (default: all). See keras_preact.ablation.VARIANTS.")
+flags.DEFINE_list("variants", None, f"Variants to train (default: all): {', '.join(choices.VARIANTS.names)}.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    common.prepare(argv)
-    from keras_preact import ablation, train
-
-    config = common.run_config("runs/ablation")
     try:
-        names = ablation.check_variants(FLAGS.variants or list(ablation.VARIANTS))
-        rows = ablation.run_grid(config, names, config.model_dir)
+        common.prepare(argv)
+        from keras_preact.training import ablation
+
+        config = common.run_config(model_dir=FLAGS.model_dir or "runs/ablation")
+        rows = ablation.run_grid(config, FLAGS.variants or list(choices.VARIANTS), config.model_dir)
     except (ValueError, RuntimeError, OSError) as error:
         logging.error("%s", error)
         sys.exit(1)
-    block = config.block or train.default_block(config.depth)
-    epochs = config.epochs or train.recipes.get_recipe(config.recipe).epochs
     subset = f", {config.train_subset} training images (class-balanced)" if config.train_subset else ""
-    scale = f"ResNet-{config.depth} ({block}), {config.dataset}, {epochs} epochs, {config.recipe} recipe{subset}"
+    scale = (f"ResNet-{config.depth} ({config.block}), {config.dataset}, {config.epochs} epochs, "
+             f"{config.recipe} recipe{subset}")
     markdown, _, chart = ablation.write_report(rows, config.model_dir, scale)
     print(open(markdown).read())
     print(f"Chart: {chart}")

@@ -7,7 +7,6 @@
 Start the same command again after an interruption: it resumes after the last finished epoch.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -20,12 +19,12 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    common.prepare(argv)
-    from keras_preact import train
-
-    config = common.run_config(os.path.join("runs", f"{FLAGS.dataset}_resnet{FLAGS.depth}"))
     try:
-        results = train.run(config, export_dir=FLAGS.export_dir)
+        common.prepare(argv)
+        from keras_preact import training
+
+        config = common.run_config()
+        results = training.run(config, export_dir=FLAGS.export_dir)
     except (ValueError, RuntimeError, OSError) as error:
         logging.error("%s", error)
         sys.exit(1)

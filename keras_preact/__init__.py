@@ -4,10 +4,14 @@ Runs on TensorFlow, JAX and PyTorch (`KERAS_BACKEND`).
 
 >>> import keras_preact
 >>> model = keras_preact.ResNet1001(classes=100)
+
+The package follows the data: `model` (layers, the residual unit, the builders, preprocessing) →
+`training` (configuration, input pipelines, recipe, placement, the run) → `serving` (SavedModel
+and ONNX export, a TF-Serving-style REST server); `choices` holds every named option as data. The
+commands are `examples/cifar.py`, `python -m keras_preact.export` and `python -m keras_preact.serve`.
 """
 
-from keras_preact.export import export_onnx, export_saved_model
-from keras_preact.models import (
+from keras_preact.model.builders import (
     PreActResNet,
     ResNet50,
     ResNet101,
@@ -17,8 +21,12 @@ from keras_preact.models import (
     ResNet200,
     ResNet1001,
 )
-from keras_preact.layers import BatchNorm, Conv2D
-from keras_preact.units import ResidualUnit
+from keras_preact.model.layers import BatchNorm, Conv2D
+from keras_preact.model.units import ResidualUnit
+from keras_preact.serving.saved_model import export_onnx, export_saved_model
+
+# Registered with Keras for `.keras` files of compiled models.
+from keras_preact.training.recipe import StepSchedule, TorchSGD
 
 __version__ = "0.1.0"
 
@@ -36,5 +44,7 @@ __all__ = [
     "ResNet164",
     "ResNet200",
     "ResNet1001",
+    "StepSchedule",
+    "TorchSGD",
     "__version__",
 ]

@@ -8,30 +8,31 @@ import sys
 
 import pytest
 
-from keras_preact import ablation, train
+from keras_preact import choices, training
+from keras_preact.training import ablation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "tests", "data", "cifar10-sample")
 
 
 def base(tmp_path):
-    return train.RunConfig(data_dir=SAMPLE, depth=8, epochs=1, batch_size=10, model_dir=str(tmp_path))
+    return training.RunConfig(data_dir=SAMPLE, depth=8, epochs=1, batch_size=10, model_dir=str(tmp_path))
 
 
 def test_grid_trains_each_variant_and_reports(tmp_path, monkeypatch):
     calls = []
-    real_run = train.run
+    real_run = training.run
 
     def recording_run(config, *args, **kwargs):
         calls.append(config.model_options)
         if config.model_options.get("shortcut") == "dropout":
-            raise train.TrainingDiverged("loss became NaN")
+            raise training.TrainingDiverged("loss became NaN")
         return real_run(config, *args, verbose=0, **kwargs)
 
-    monkeypatch.setattr(train, "run", recording_run)
+    monkeypatch.setattr(ablation, "run", recording_run)
     names = ["original", "exclusive_gating", "dropout_shortcut"]
     rows = ablation.run_grid(base(tmp_path), names, str(tmp_path))
-    assert calls == [ablation.VARIANTS[name][0] for name in names]
+    assert calls == [choices.VARIANTS[name].options for name in names]
     assert [row["variant"] for row in rows] == names
     assert rows[2]["diverged"] and rows[2]["test_error"] is None
     assert 0 <= rows[0]["test_error"] <= 100
@@ -55,7 +56,7 @@ def test_grid_trains_each_variant_and_reports(tmp_path, monkeypatch):
 
 
 def test_every_paper_variant_is_listed():
-    options = [v[0] for v in ablation.VARIANTS.values()]
+    options = [v.options for v in choices.VARIANTS.values()]
     assert {o.get("unit") for o in options} == {"original", "bn_after_addition", "relu_before_addition", "relu_only_preact", "full_preact"}
     assert {o.get("shortcut", "identity") for o in options} == {
         "identity", "constant_scaling", "exclusive_gating", "shortcut_only_gating", "conv1x1", "dropout"
@@ -63,8 +64,8 @@ def test_every_paper_variant_is_listed():
 
 
 def test_unknown_variant():
-    with pytest.raises(ValueError, match="Unknown variant\\(s\\) gated. Valid variants: original, "):
-        ablation.check_variants(["original", "gated"])
+    with pytest.raises(ValueError, match="Unknown variant='gated'. Valid values: 'original', "):
+        ablation.run_grid(training.RunConfig(), ["original", "gated"], "unused")
 
 
 def test_command_line(tmp_path):

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_preact import data
+from keras_preact import choices
+from keras_preact.training import data
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "data", "cifar10-sample")
-CIFAR10 = data.DATASETS["cifar10"]
+CIFAR10 = choices.DATASETS["cifar10"]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -40,7 +41,7 @@ def test_tfds_failure_explains_data_dir(monkeypatch, tmp_path):
         raise ConnectionError("Failed to resolve 'www.cs.toronto.edu'")
 
     monkeypatch.setattr(tfds, "load", offline)
-    with pytest.raises(RuntimeError, match=r"Offline, point --data_dir at a prepared TFDS directory, or at an image folder"):
+    with pytest.raises(RuntimeError, match=r"Point data_dir at an image folder with train/<class>/\*.jpg and test/<class>/\*.jpg, or at a TFDS data directory"):
         data.load("cifar10", str(tmp_path))
 
 
@@ -61,21 +62,48 @@ def test_eval_pipeline_normalises_only():
     np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-6)
 
 
+def batches(dataset):
+    return [(x.numpy(), y.numpy()) for x, y in dataset]
+
+
 def test_train_pipeline_shapes_and_reshuffling():
     train, _ = data.load("cifar10", SAMPLE)
-    dataset = data.train_dataset(train, CIFAR10, batch_size=8, seed=3)
-    epoch1 = [(x.numpy(), y.numpy()) for x, y in dataset]
-    epoch2 = [(x.numpy(), y.numpy()) for x, y in dataset]
-    assert len(epoch1) == 3  # 30 images: the last partial batch is dropped
-    assert epoch1[0][0].shape == (8, 32, 32, 3) and epoch1[0][0].dtype == np.float32
-    assert epoch1[0][1].dtype == np.int32
-    order1 = np.concatenate([y for _, y in epoch1])
-    order2 = np.concatenate([y for _, y in epoch2])
-    assert not np.array_equal(order1, order2) or not np.array_equal(epoch1[0][0], epoch2[0][0])
-    again = [(x.numpy(), y.numpy()) for x, y in data.train_dataset(train, CIFAR10, batch_size=8, seed=3)]
-    for (xa, ya), (xb, yb) in zip(epoch1, again):  # reproducible with the seed
+    both = batches(data.train_dataset(train, CIFAR10, batch_size=8, seed=3, epochs=2))
+    assert len(both) == 6  # 30 images: each epoch drops its last partial batch
+    assert both[0][0].shape == (8, 32, 32, 3) and both[0][0].dtype == np.float32
+    assert both[0][1].dtype == np.int32
+    order1 = np.concatenate([y for _, y in both[:3]])
+    order2 = np.concatenate([y for _, y in both[3:]])
+    assert not np.array_equal(order1, order2) or not np.array_equal(both[0][0], both[3][0])
+    again = batches(data.train_dataset(train, CIFAR10, batch_size=8, seed=3, epochs=2))
+    for (xa, ya), (xb, yb) in zip(both, again):  # reproducible with the seed
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
+    other = batches(data.train_dataset(train, CIFAR10, batch_size=8, seed=4, epochs=1))
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(both, other))
+
+
+def test_an_epoch_depends_on_the_seed_and_its_number_only():
+    """What a resumed run sees: epoch 2 started on its own equals epoch 2 after epoch 1."""
+    train, _ = data.load("cifar10", SAMPLE)
+    uninterrupted = batches(data.train_dataset(train, CIFAR10, batch_size=8, seed=5, epochs=3))
+    resumed = batches(data.train_dataset(train, CIFAR10, batch_size=8, seed=5, epochs=3, first_epoch=2))
+    assert len(resumed) == 3
+    for (xa, ya), (xb, yb) in zip(uninterrupted[6:], resumed):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+def test_processes_share_every_global_batch():
+    train, _ = data.load("cifar10", SAMPLE)
+    whole = batches(data.train_dataset(train, CIFAR10, batch_size=8, seed=1, epochs=2))
+    parts = [batches(data.train_dataset(train, CIFAR10, batch_size=8, seed=1, epochs=2, process=(p, 2))) for p in (0, 1)]
+    assert [len(p) for p in parts] == [6, 6] and parts[0][0][0].shape == (4, 32, 32, 3)
+    for step, (x, y) in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([parts[0][step][0], parts[1][step][0]]), x)
+        np.testing.assert_array_equal(np.concatenate([parts[0][step][1], parts[1][step][1]]), y)
+    with pytest.raises(ValueError, match="batch_size=8 must divide evenly over 3 processes"):
+        data.train_dataset(train, CIFAR10, batch_size=8, process=(0, 3))
 
 
 def windows(image):
@@ -107,7 +135,7 @@ def test_augmentation_is_a_flip_and_a_crop_of_the_zero_padded_image():
 
 
 def test_unknown_dataset():
-    with pytest.raises(ValueError, match="Unknown dataset 'mnist'. Valid datasets: cifar10, cifar100"):
+    with pytest.raises(ValueError, match="Unknown dataset='mnist'. Valid values: 'cifar10', 'cifar100'"):
         data.load("mnist", SAMPLE)
 
 
@@ -153,7 +181,7 @@ def test_class_folders_differ(sample_copy):
 def test_too_many_classes_for_dataset(sample_copy):
     for split in ("train", "test"):
         shutil.copytree(sample_copy / split / "cat", sample_copy / split / "zebra")
-    with pytest.raises(ValueError, match=r"labels 0..10, outside 0..9: is this the right --dataset"):
+    with pytest.raises(ValueError, match=r"labels 0..10, outside 0..9: is this the right dataset"):
         data.load("cifar10", str(sample_copy))
 
 

@@ -11,7 +11,7 @@ import pytest
 from helpers import numpy, randomize_batch_norms
 
 import keras_preact
-from keras_preact import data
+from keras_preact import choices
 
 # Loads a SavedModel with TensorFlow alone: keras and keras_preact are made unimportable first
 # (TensorFlow probes for keras at import; to it they look not installed).
@@ -50,7 +50,7 @@ def load_without_keras(path, images, tmp_path):
 
 
 def keras_probabilities(model, images, dataset="cifar10"):
-    info = data.DATASETS[dataset]
+    info = choices.DATASETS[dataset]
     x = ((images.astype(np.float32) - np.array(info.mean)) / np.array(info.std)).astype(np.float32)
     return numpy(model(x))
 
@@ -105,15 +105,17 @@ def test_export_command_from_a_run(tmp_path):
 
 
 def test_training_run_exports_at_the_end(tmp_path):
-    from keras_preact import train
+    from keras_preact import training
+    from keras_preact.serving.layout import next_version
+    from keras_preact.training import data
 
     rng = np.random.default_rng(0)
     split = data.from_arrays(rng.integers(0, 256, size=(20, 32, 32, 3)).astype(np.uint8), rng.integers(0, 10, 20))
-    config = train.RunConfig(depth=8, epochs=1, batch_size=10, model_dir=str(tmp_path / "run"))
-    first = train.run(config, split, split, export_dir=str(tmp_path / "serving"), verbose=0)
+    config = training.RunConfig(depth=8, epochs=1, batch_size=10, model_dir=str(tmp_path / "run"))
+    first = training.run(config, split, split, export_dir=str(tmp_path / "serving"), verbose=0)
     assert first["export"] == str(tmp_path / "serving" / "1")
     assert os.path.exists(tmp_path / "serving" / "1" / "saved_model.pb")
-    assert train.next_version(str(tmp_path / "serving")) == 2
+    assert next_version(str(tmp_path / "serving")) == 2
 
 
 @pytest.mark.parametrize(
@@ -122,7 +124,7 @@ def test_training_run_exports_at_the_end(tmp_path):
         (lambda: keras_preact.PreActResNet(8, block="basic", include_top=False, pooling="avg"), {}, ValueError, "needs a classifier"),
         (lambda: keras_preact.PreActResNet(8, block="basic", classes=100), {}, ValueError, "has 100 classes but dataset='cifar10' has 10"),
         (lambda: keras_preact.PreActResNet(8, block="basic"), {"version": 0}, ValueError, "version must be a positive integer"),
-        (lambda: keras_preact.PreActResNet(8, block="basic"), {"dataset": "svhn"}, ValueError, "Unknown dataset 'svhn'"),
+        (lambda: keras_preact.PreActResNet(8, block="basic"), {"dataset": "svhn"}, ValueError, "Unknown dataset='svhn'"),
         (lambda: keras_preact.PreActResNet(8, block="basic", classifier_activation="sigmoid"), {}, ValueError, "activation is sigmoid"),
     ],
 )

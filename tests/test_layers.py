@@ -6,7 +6,7 @@ import pytest
 from helpers import numpy
 
 import keras_preact
-from keras_preact import layers
+from keras_preact.model import layers
 
 FUSED_BACKENDS = ("tensorflow", "torch")
 

@@ -243,7 +243,7 @@ def test_bad_arguments(kwargs, message):
 
 
 def test_missing_weights_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist. Pass None"):
+    with pytest.raises(FileNotFoundError, match="does not exist. Pass the path of a `.weights.h5` file"):
         keras_preact.ResNet164(weights=str(tmp_path / "nope.weights.h5"))
 
 

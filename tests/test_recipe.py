@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from helpers import numpy
 
-from keras_preact import recipe
-from keras_preact.recipe import StepSchedule, TorchSGD
+from keras_preact import choices
+from keras_preact.training import recipe
+from keras_preact.training.recipe import StepSchedule, TorchSGD
 
 
 def rates(schedule, steps):
@@ -15,7 +16,7 @@ def rates(schedule, steps):
 
 def test_paper_preset_schedule():
     # 390 steps per epoch (50,000 images, batch 128) x 164 epochs = 63,960 iterations.
-    optimizer = recipe.make_optimizer(recipe.RECIPES["paper"], steps_per_epoch=390)
+    optimizer = recipe.make_optimizer(choices.RECIPES["paper"], steps_per_epoch=390)
     schedule = optimizer._learning_rate
     assert schedule.boundaries == [31980, 47970] and schedule.warmup_steps == 400
     assert rates(schedule, [0, 399, 400, 31979, 31980, 47969, 47970, 63959]) == [
@@ -25,7 +26,7 @@ def test_paper_preset_schedule():
 
 
 def test_official_preset_schedule():
-    optimizer = recipe.make_optimizer(recipe.RECIPES["official"], steps_per_epoch=781)
+    optimizer = recipe.make_optimizer(choices.RECIPES["official"], steps_per_epoch=781)
     schedule = optimizer._learning_rate
     assert schedule.boundaries == [81 * 781, 122 * 781] and schedule.warmup_steps == 0
     assert rates(schedule, [0, 81 * 781 - 1, 81 * 781, 122 * 781]) == [0.1, 0.1, 0.01, 0.001]
@@ -34,7 +35,7 @@ def test_official_preset_schedule():
 
 def test_shorter_run_and_other_batch_scale_the_schedule():
     # 20 epochs at batch 256 on the paper recipe: boundaries at 10 and 15 epochs, lr x2.
-    optimizer = recipe.make_optimizer(recipe.RECIPES["paper"], steps_per_epoch=195, epochs=20, batch_size=256)
+    optimizer = recipe.make_optimizer(choices.RECIPES["paper"], steps_per_epoch=195, epochs=20, batch_size=256)
     schedule = optimizer._learning_rate
     assert schedule.boundaries == [1950, 2925]
     assert schedule.warmup_steps == 25  # ceil(400/64000 * 3900)
@@ -100,9 +101,9 @@ def test_serialisation_round_trip():
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda: recipe.get_recipe("fast"), "Unknown recipe 'fast'. Valid recipes: paper, official"),
+        (lambda: choices.RECIPES["fast"], "Unknown recipe='fast'. Valid values: 'paper', 'official'"),
         (lambda: StepSchedule(0.1, boundaries=[20, 10]), "boundaries must be non-negative and increasing"),
-        (lambda: StepSchedule(0.0), "rate must be positive"),
+        (lambda: StepSchedule(0.0), "rate must be a positive number"),
         (lambda: TorchSGD(0.1, momentum=1.0), r"momentum must be in \[0, 1\)"),
         (lambda: TorchSGD(0.1, coupled_weight_decay=-1), "coupled_weight_decay must be >= 0"),
     ],

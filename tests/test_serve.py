@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 import keras_preact
-from keras_preact.serve import BadRequest, parse_images
+from keras_preact.serving.rest import BadRequest, parse_images
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")

@@ -13,8 +13,10 @@ import pytest
 from helpers import run_python
 
 import keras_preact
-from keras_preact import recipe, train
-from keras_preact.data import from_arrays
+from keras_preact import choices, training
+from keras_preact.training import recipe
+from keras_preact.training.data import from_arrays
+from keras_preact.training.report import read_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "tests", "data", "cifar10-sample")
@@ -32,9 +34,9 @@ def toy_splits(n=120, seed=0):
 
 
 def test_small_run_lowers_the_loss(tmp_path):
-    config = train.RunConfig(depth=8, recipe="official", epochs=4, batch_size=20, model_dir=str(tmp_path), seed=1)
-    results = train.run(config, *toy_splits(), verbose=0)
-    history = train.read_history(str(tmp_path / "history.csv"))
+    config = training.RunConfig(depth=8, recipe="official", epochs=4, batch_size=20, model_dir=str(tmp_path), seed=1)
+    results = training.run(config, *toy_splits(), verbose=0)
+    history = read_history(str(tmp_path / "history.csv"))
     assert [row["epoch"] for row in history] == [0, 1, 2, 3]
     assert history[-1]["loss"] < 0.6 * history[0]["loss"], [row["loss"] for row in history]
     for key in ("dataset", "depth", "block", "backend", "epochs", "steps", "replicas", "test_error",
@@ -49,8 +51,8 @@ def test_small_run_lowers_the_loss(tmp_path):
 
 
 def test_mixed_precision_run_leaves_the_global_policy_alone(tmp_path):
-    config = train.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path), mixed_precision="bfloat16")
-    results = train.run(config, *toy_splits(), verbose=0)
+    config = training.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path), mixed_precision="bfloat16")
+    results = training.run(config, *toy_splits(), verbose=0)
     assert 0.0 <= results["test_error"] <= 100.0 and results["steps"] == 6
     assert keras.config.dtype_policy().name == "float32"
     weights = keras_preact.PreActResNet(8, block="basic")
@@ -59,7 +61,7 @@ def test_mixed_precision_run_leaves_the_global_policy_alone(tmp_path):
 
 
 def test_default_blocks_follow_the_paper():
-    assert [train.default_block(d) for d in (20, 56, 110, 164, 1001, 11, 1202)] == [
+    assert [choices.default_block(d) for d in (20, 56, 110, 164, 1001, 11, 1202)] == [
         "basic", "basic", "basic", "bottleneck", "bottleneck", "bottleneck", "basic"
     ]
 
@@ -85,10 +87,10 @@ def test_kill_and_resume(tmp_path):
     assert 1 <= epoch <= 5
     results = json.loads(open(os.path.join(model_dir, "results.json")).read())
     assert results["steps"] == 5 * 3  # 30 images / batch 10: the step count carried over
-    history = train.read_history(os.path.join(model_dir, "history.csv"))
+    history = read_history(os.path.join(model_dir, "history.csv"))
     assert [int(row["epoch"]) for row in history] == [0, 1, 2, 3, 4]
     # The learning rate follows the restored iteration count: paper recipe, batch 10, 15 steps.
-    schedule = recipe.make_optimizer(recipe.RECIPES["paper"], 3, 5, 10)._learning_rate
+    schedule = recipe.make_optimizer(choices.RECIPES["paper"], 3, 5, 10)._learning_rate
     assert schedule.boundaries == [8, 11]
 
 
@@ -106,10 +108,10 @@ def test_multi_replica_on_two_logical_cpus(tmp_path):
 
 
 def test_torch_backend_says_one_device():
-    code = "from keras_preact import distribute; print(distribute.place('auto').description)"
+    code = "from keras_preact.training import distribute; print(distribute.place('auto').description)"
     out = run_python(code, backend="torch").stdout
     assert "torch backend: one device (cpu)" in out
-    failed = run_python("from keras_preact import distribute; distribute.place('mirrored')", backend="torch", check=False)
+    failed = run_python("from keras_preact.training import distribute; distribute.place('mirrored')", backend="torch", check=False)
     assert "not available on the torch backend" in failed.stderr
 
 
@@ -117,11 +119,11 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_state(tmp_path, 
     def exploding(*args, **kwargs):  # fine for the first epoch (6 steps), then a huge rate
         return recipe.TorchSGD(recipe.StepSchedule(0.01, boundaries=[6], factor=1e30))
 
-    monkeypatch.setattr(recipe, "make_optimizer", exploding)
-    config = train.RunConfig(depth=8, epochs=3, batch_size=20, model_dir=str(tmp_path))
-    with pytest.raises(train.TrainingDiverged, match=r"loss became NaN at epoch 2, step \d.*last good state stays in"):
-        train.run(config, *toy_splits(), verbose=0)
-    model = train.PreActResNet(8, block="basic", classes=10)
+    monkeypatch.setattr("keras_preact.training.runner.make_optimizer", exploding)
+    config = training.RunConfig(depth=8, epochs=3, batch_size=20, model_dir=str(tmp_path))
+    with pytest.raises(training.TrainingDiverged, match=r"loss became NaN at epoch 2, step \d.*last good state stays in"):
+        training.run(config, *toy_splits(), verbose=0)
+    model = keras_preact.PreActResNet(8, block="basic", classes=10)
     model.compile(optimizer=exploding(), loss="sparse_categorical_crossentropy")
     model.optimizer.build(model.trainable_variables)
     model.load_weights(str(tmp_path / "checkpoint.weights.h5"))
@@ -132,24 +134,24 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_state(tmp_path, 
 @pytest.mark.parametrize(
     "overrides, error, message",
     [
-        (dict(dataset="mnist"), ValueError, "Unknown dataset 'mnist'"),
+        (dict(dataset="mnist"), ValueError, "Unknown dataset='mnist'"),
         (dict(depth=8, block="bottleneck"), ValueError, r"block='bottleneck' has depth 9n\+2.*fits block='basic'"),
-        (dict(recipe="fast"), ValueError, "Unknown recipe 'fast'"),
+        (dict(recipe="fast"), ValueError, "Unknown recipe='fast'"),
         (dict(mixed_precision="int8"), ValueError, "Unknown mixed_precision='int8'"),
         (dict(data_dir="/no/such/dir"), FileNotFoundError, "'/no/such/dir' does not exist"),
-        (dict(strategy="everywhere"), ValueError, "Unknown strategy 'everywhere'"),
+        (dict(strategy="everywhere"), ValueError, "Unknown strategy='everywhere'"),
     ],
 )
 def test_bad_configuration(tmp_path, overrides, error, message):
-    config = train.RunConfig(**{"depth": 8, "epochs": 1, "model_dir": str(tmp_path), **overrides})
+    config = training.RunConfig(**{"depth": 8, "epochs": 1, "model_dir": str(tmp_path), **overrides})
     with pytest.raises(error, match=message):
-        train.run(config, verbose=0)
+        training.run(config, verbose=0)
 
 
 def test_model_dir_of_another_run_is_refused(tmp_path):
-    train.run(train.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path)), *toy_splits(), verbose=0)
+    training.run(training.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path)), *toy_splits(), verbose=0)
     with pytest.raises(ValueError, match=r"holds a run with other settings \(depth: 8 there, 14 now\)"):
-        train.run(train.RunConfig(depth=14, epochs=1, batch_size=20, model_dir=str(tmp_path)), *toy_splits(), verbose=0)
+        training.run(training.RunConfig(depth=14, epochs=1, batch_size=20, model_dir=str(tmp_path)), *toy_splits(), verbose=0)
 
 
 def test_command_line_reports_errors_without_traceback(tmp_path):

@@ -12,7 +12,7 @@ import os
 
 import keras
 
-STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
+from keras_preact import choices
 
 
 @dataclasses.dataclass
@@ -65,8 +65,7 @@ def split_cpu(replicas):
 
 def place(strategy="auto"):
     """The Placement for `strategy` on the current backend."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {strategy!r}. Valid strategies: {', '.join(STRATEGIES)}.")
+    choices.STRATEGIES.check(strategy)
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return _tensorflow_placement(strategy)

@@ -24,6 +24,12 @@ from keras import ops
 
 BN_MOMENTUM = 0.9  # Torch's running-average momentum 0.1
 BN_EPSILON = 1e-5  # Torch's default
+# The official init: normal(0, sqrt(2 / (k*k*C_out))), He fan-out, *untruncated* (Keras' HeNormal is
+# fan-in and truncated).
+CONV_INITIALIZER = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"},
+}
 
 
 def _torch_kernel(x, gamma, beta, mean, variance, channels_first, epsilon, training):
@@ -186,3 +192,19 @@ class BatchNorm(keras.layers.BatchNormalization):
 def batch_norm(name, axis, dtype=None):
     """BatchNorm with Torch's epsilon and momentum: the one used everywhere in the networks."""
     return BatchNorm(axis=axis, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, name=name)
+
+
+def conv(filters, kernel, name, strides=1, padding="same", use_bias=False, data_format=None, dtype=None, **kwargs):
+    """Conv2D with the official init and, unless asked, no bias: every conv of the networks."""
+    return Conv2D(
+        filters,
+        kernel,
+        strides=strides,
+        padding=padding,
+        use_bias=use_bias,
+        kernel_initializer=keras.initializers.get(CONV_INITIALIZER),
+        data_format=data_format,
+        dtype=dtype,
+        name=name,
+        **kwargs,
+    )

@@ -1,7 +1,8 @@
 """Builders for the paper's networks: one generic `PreActResNet` and the named depths.
 
-A builder knows only how units stack into stages; the units know their own layout (`units.py`).
-The arguments follow keras.applications, so the models drop into code written for `ResNet50V2`.
+A builder knows only how units stack into stages; the units know their own layout (`units.py`),
+and the stems, blocks and orderings are records of `keras_preact.choices`. The arguments follow
+keras.applications, so the models drop into code written for `ResNet50V2`.
 """
 
 import os
@@ -9,46 +10,9 @@ import re
 
 import keras
 
-from keras_preact.layers import Conv2D, batch_norm
-from keras_preact.units import (
-    BLOCKS,
-    CONV_INITIALIZER,
-    ORDERINGS,
-    SHORTCUT_OPTIONS,
-    SHORTCUTS,
-    STRIDE_PLACEMENTS,
-    ResidualUnit,
-    check_choice,
-)
-
-STEMS = ("cifar", "imagenet")
-
-# CIFAR: three stages at 32, 16, 8 pixels; (basic filters, stride) per stage. Bottleneck widths
-# are the same 16/32/64 with 4x wider outputs.
-CIFAR_STAGES = ((16, 1), (32, 2), (64, 2))
-CIFAR_DEPTH_RULE = {"bottleneck": (9, 2), "basic": (6, 2)}  # depth = a * n + b
-
-# ImageNet (FAIR preresnet.lua): bottleneck widths 64/128/256/512, units per stage by depth.
-IMAGENET_STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
-IMAGENET_UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
-
-DEFAULTS = {  # stem -> (input_shape, classes, bottleneck stride placement)
-    "cifar": ((32, 32, 3), 10, "first_1x1"),
-    "imagenet": ((224, 224, 3), 1000, "3x3"),
-}
-TOTAL_STRIDE = {"cifar": 4, "imagenet": 32}
-
-# Per unit ordering: what the CIFAR stem applies after its conv, and the head before pooling.
-# Pre-activation units activate their own input and leave the last sum unactivated (hence the
-# head's BN-ReLU); post-activation units (the original network) expect an activated input and
-# end activated.
-NETWORK_ACTIVATIONS = {
-    "full_preact": ((), ("bn", "relu")),
-    "relu_only_preact": (("bn",), ("relu",)),
-    "original": (("bn", "relu"), ()),
-    "bn_after_addition": (("bn", "relu"), ()),
-    "relu_before_addition": (("bn", "relu"), ()),
-}
+from keras_preact import choices
+from keras_preact.model.layers import batch_norm, conv
+from keras_preact.model.units import ResidualUnit
 
 # Torch's nn.Linear init, uniform(±1/sqrt(fan_in)); the official code zeroes the bias.
 DENSE_INITIALIZER = {
@@ -59,23 +23,24 @@ DENSE_INITIALIZER = {
 
 def units_per_stage(depth, block, stem):
     """Residual units in each stage for a network of `depth` layers, or a ValueError."""
-    if stem == "imagenet":
-        if block != "bottleneck" or depth not in IMAGENET_UNITS:
-            valid = ", ".join(str(d) for d in IMAGENET_UNITS)
+    choices.BLOCKS.check(block)
+    if choices.STEMS.check(stem) == "imagenet":
+        if block != "bottleneck" or depth not in choices.IMAGENET_UNITS:
+            valid = ", ".join(str(d) for d in choices.IMAGENET_UNITS)
             raise ValueError(
                 f"An ImageNet pre-activation ResNet has depth {valid} with block='bottleneck'; "
                 f"got depth={depth!r}, block={block!r}."
             )
-        return IMAGENET_UNITS[depth]
+        return choices.IMAGENET_UNITS[depth]
     if not isinstance(depth, int) or isinstance(depth, bool):
         raise ValueError(f"depth must be an integer, got {depth!r}.")
-    a, b = CIFAR_DEPTH_RULE[block]
+    a, b = choices.BLOCKS[block].depth_rule
     n, remainder = divmod(depth - b, a)
     if remainder or n < 1:
         lower = max(a * n + b, a + b)
         nearest = sorted({lower, lower + a} if remainder else {a + b})
         other = "basic" if block == "bottleneck" else "bottleneck"
-        oa, ob = CIFAR_DEPTH_RULE[other]
+        oa, ob = choices.BLOCKS[other].depth_rule
         hint = ""
         if depth > ob and (depth - ob) % oa == 0:
             hint = f" depth={depth} fits block={other!r} ({oa}n+{ob})."
@@ -83,7 +48,7 @@ def units_per_stage(depth, block, stem):
             f"A CIFAR ResNet with block={block!r} has depth {a}n+{b} (n >= 1); depth={depth} "
             f"does not fit. Nearest valid depths: {', '.join(map(str, nearest))}.{hint}"
         )
-    return (n,) * len(CIFAR_STAGES)
+    return (n,) * len(choices.STEMS["cifar"].stages)
 
 
 def _validate_input_shape(input_shape, stem, data_format):
@@ -98,7 +63,7 @@ def _validate_input_shape(input_shape, stem, data_format):
             f"input_shape {tuple(input_shape)} has {channels} channels; these networks take RGB "
             f"images with 3 channels ({data_format})."
         )
-    minimum = TOTAL_STRIDE[stem]
+    minimum = choices.STEMS[stem].total_stride
     if any(size is not None and size < minimum for size in spatial):
         raise ValueError(
             f"input_shape {tuple(input_shape)} is too small: the {stem} network downsamples "
@@ -108,7 +73,7 @@ def _validate_input_shape(input_shape, stem, data_format):
 
 def _inputs(input_tensor, input_shape, stem, data_format):
     if input_shape is None:
-        default = DEFAULTS[stem][0]
+        default = choices.STEMS[stem].input_shape
         input_shape = default if data_format == "channels_last" else (3, *default[:2])
         if input_tensor is not None:
             input_shape = tuple(input_tensor.shape[1:])
@@ -120,32 +85,28 @@ def _inputs(input_tensor, input_shape, stem, data_format):
     return input_tensor
 
 
-def _activate(x, operations, prefix, axis):
+def _activate(x, operations, prefix, axis, dtype):
     for operation in operations:
         if operation == "bn":
-            x = batch_norm(f"{prefix}_bn", axis)(x)
+            x = batch_norm(f"{prefix}_bn", axis, dtype)(x)
         else:
-            x = keras.layers.ReLU(name=f"{prefix}_relu")(x)
+            x = keras.layers.ReLU(dtype=dtype, name=f"{prefix}_relu")(x)
     return x
 
 
-def _stem(x, stem, unit, data_format, axis):
-    conv_args = dict(
-        use_bias=False,
-        kernel_initializer=keras.initializers.get(CONV_INITIALIZER),
-        data_format=data_format,
-    )
+def _stem(x, stem, unit, data_format, axis, dtype):
+    layout = dict(data_format=data_format, dtype=dtype)
     if stem == "cifar":
         # Full pre-activation: a bare conv; the first unit pre-activates (resnet-pre-act.lua).
-        x = Conv2D(16, 3, padding="same", name="conv1", **conv_args)(x)
-        return _activate(x, NETWORK_ACTIVATIONS[unit][0], "conv1", axis)
+        x = conv(16, 3, "conv1", **layout)(x)
+        return _activate(x, choices.ORDERINGS[unit].stem, "conv1", axis, dtype)
     # Explicit symmetric padding = Torch's 7x7/2 pad 3 and 3x3/2 max-pool pad 1; after the ReLU,
     # zero padding equals Torch's -inf padding for the max-pool.
-    x = keras.layers.ZeroPadding2D(3, data_format=data_format, name="conv1_pad")(x)
-    x = Conv2D(64, 7, strides=2, name="conv1_conv", **conv_args)(x)
-    x = _activate(x, ("bn", "relu"), "conv1", axis)
-    x = keras.layers.ZeroPadding2D(1, data_format=data_format, name="pool1_pad")(x)
-    return keras.layers.MaxPooling2D(3, strides=2, data_format=data_format, name="pool1_pool")(x)
+    x = keras.layers.ZeroPadding2D(3, name="conv1_pad", **layout)(x)
+    x = conv(64, 7, "conv1_conv", strides=2, padding="valid", **layout)(x)
+    x = _activate(x, ("bn", "relu"), "conv1", axis, dtype)
+    x = keras.layers.ZeroPadding2D(1, name="pool1_pad", **layout)(x)
+    return keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool", **layout)(x)
 
 
 def _load_weights(model, weights, description):
@@ -158,15 +119,24 @@ def _load_weights(model, weights, description):
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(f"weights must be None or the path to a weights file, got {weights!r}. {no_presets}")
     path = os.fspath(weights)
-    if not os.path.exists(path):
-        if os.sep not in path and "." not in path:  # a preset name such as "imagenet"
-            raise ValueError(f"weights={path!r} is not a file. {no_presets}")
+    if not os.path.exists(path) and os.sep not in path and "." not in path:  # a preset name such as "imagenet"
+        raise ValueError(f"weights={path!r} is not a file. {no_presets}")
+    load_weights(model, path, description)
+
+
+def load_weights(model, path, description):
+    """`model.load_weights(path)` with errors that name the file and what to do."""
+    if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"weights file {path!r} does not exist. Pass None for random initialisation, or the "
-            "path of a `.weights.h5` file saved from the same network."
+            f"weights file {path!r} {'is a directory' if os.path.isdir(path) else 'does not exist'}. "
+            "Pass the path of a `.weights.h5` file saved from the same network."
         )
+    if not path.endswith(".weights.h5"):
+        raise ValueError(f"weights file {path!r} must end in .weights.h5 (Keras' weights format).")
     try:
         model.load_weights(path)
+    except OSError as error:  # h5py: "file signature not found", truncated files
+        raise ValueError(f"weights file {path!r} is not a readable Keras weights file (HDF5): {error}.") from None
     except (ValueError, KeyError) as error:
         # Keras lists the failing layers after a dump of their arrays; name the layers only.
         message = str(error)
@@ -195,6 +165,8 @@ def PreActResNet(
     shortcut="identity",
     stride_on=None,
     remat=False,
+    dtype=None,
+    data_format=None,
     name=None,
     **shortcut_options,
 ):
@@ -216,7 +188,7 @@ def PreActResNet(
         include_top: whether to end in the dense classifier.
         weights: `None` (random init) or the path to a weights file of the same network.
         input_tensor: optional tensor to use as the model's input.
-        input_shape: optional `(height, width, 3)` (channels-last); defaults to (32, 32, 3) for
+        input_shape: optional `(height, width, 3)` (`(3, height, width)` channels-first); defaults to (32, 32, 3) for
             CIFAR and (224, 224, 3) for ImageNet. Height and width may be None.
         pooling: with `include_top=False`: `None` (4-D feature map), `"avg"` or `"max"`.
         classes: number of classes; defaults to 10 (CIFAR) or 1000 (ImageNet).
@@ -236,6 +208,10 @@ def PreActResNet(
         remat: recompute each unit's activations in the backward pass (less memory, more
             compute; see `ResidualUnit`). For ResNet-1001 use torch or JAX: TensorFlow's
             tracing of hundreds of recomputed units takes many minutes.
+        dtype: the dtype policy of every layer (e.g. `"mixed_bfloat16"`); defaults to Keras'
+            global policy. Under a mixed policy the classifier computes in float32.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
         name: model name; defaults to `"preact_resnet{depth}"`.
         **shortcut_options: `shortcut_scale`, `residual_scale` (constant scaling), `gate_bias`
             (gating), `dropout_rate` (dropout); see `ResidualUnit`.
@@ -250,32 +226,32 @@ def PreActResNet(
     >>> model.count_params()
     273658
     """
-    check_choice("block", block, BLOCKS)
-    check_choice("stem", stem, STEMS)
-    check_choice("unit", unit, tuple(ORDERINGS))
-    check_choice("shortcut", shortcut, SHORTCUTS)
-    check_choice("stride_on", stride_on, (None, *STRIDE_PLACEMENTS))
-    unknown = set(shortcut_options) - set(SHORTCUT_OPTIONS)
+    choices.BLOCKS.check(block)
+    choices.STEMS.check(stem)
+    choices.ORDERINGS.check(unit)
+    choices.SHORTCUTS.check(shortcut)
+    if stride_on is not None:
+        choices.STRIDE_PLACEMENTS.check(stride_on)
+    unknown = set(shortcut_options) - set(choices.SHORTCUT_OPTIONS)
     if unknown:
         raise TypeError(f"PreActResNet() got unexpected keyword argument(s): {', '.join(sorted(unknown))}.")
+    choices.shortcut_options(shortcut, shortcut_options)  # misplaced or bad options fail here
     if stem == "imagenet" and unit != "full_preact":
         raise ValueError(f"unit={unit!r} is one of the paper's CIFAR ablations; the ImageNet networks use 'full_preact'.")
     if stride_on is not None and block == "basic":
         raise ValueError("stride_on applies to bottleneck units; basic units stride on their first 3x3 conv.")
     stages = units_per_stage(depth, block, stem)
-    check_choice("pooling", pooling, (None, "avg", "max"))
-    if classes is None:
-        classes = DEFAULTS[stem][1]
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-        raise ValueError(f"classes must be a positive integer, got {classes!r}.")
-    data_format = keras.config.image_data_format()
-    axis = -1 if data_format == "channels_last" else 1
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"Unknown pooling={pooling!r}. Valid values: None, 'avg', 'max'.")
+    classes = choices.STEMS[stem].classes if classes is None else choices.check_count("classes", classes)
+    data_format = choices.DATA_FORMATS.check(data_format or keras.config.image_data_format())
+    axis = choices.DATA_FORMATS[data_format]
+    policy = keras.dtype_policies.get(dtype or keras.config.dtype_policy())
     name = name or f"preact_resnet{depth}"
 
     inputs = _inputs(input_tensor, input_shape, stem, data_format)
-    x = _stem(inputs, stem, unit, data_format, axis)
-    widths = CIFAR_STAGES if stem == "cifar" else IMAGENET_STAGES
-    for stage, ((filters, stride), count) in enumerate(zip(widths, stages), start=1):
+    x = _stem(inputs, stem, unit, data_format, axis, policy)
+    for stage, ((filters, stride), count) in enumerate(zip(choices.STEMS[stem].stages, stages), start=1):
         for index in range(1, count + 1):
             if index > 1:
                 preactivation = "residual"
@@ -287,31 +263,32 @@ def PreActResNet(
                 filters,
                 block=block,
                 strides=stride if index == 1 else 1,
-                stride_on=stride_on or DEFAULTS[stem][2],
+                stride_on=stride_on or choices.STEMS[stem].stride_on,
                 preactivation=preactivation,
                 downsample=downsample,
                 ordering=unit,
                 shortcut=shortcut,
                 remat=remat,
                 data_format=data_format,
+                dtype=policy,
                 name=f"stage{stage}_unit{index}",
                 **shortcut_options,
             )(x)
-    x = _activate(x, NETWORK_ACTIVATIONS[unit][1], "post", axis)
+    x = _activate(x, choices.ORDERINGS[unit].head, "post", axis, policy)
     if include_top:
-        x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
+        x = keras.layers.GlobalAveragePooling2D(data_format=data_format, dtype=policy, name="avg_pool")(x)
         x = keras.layers.Dense(
             classes,
             activation=classifier_activation,
             kernel_initializer=keras.initializers.get(DENSE_INITIALIZER),
             # Under mixed precision the classifier still computes (and softmaxes) in float32.
-            dtype="float32" if keras.config.dtype_policy().name.startswith("mixed") else None,
+            dtype="float32" if policy.name.startswith("mixed") else policy,
             name="predictions",
         )(x)
     elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
+        x = keras.layers.GlobalAveragePooling2D(data_format=data_format, dtype=policy, name="avg_pool")(x)
     elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(data_format=data_format, name="max_pool")(x)
+        x = keras.layers.GlobalMaxPooling2D(data_format=data_format, dtype=policy, name="max_pool")(x)
 
     if input_tensor is not None and keras.backend.is_keras_tensor(input_tensor):
         inputs = keras.utils.get_source_inputs(input_tensor)
@@ -349,7 +326,7 @@ _BUILDER_DOC = """Builds the paper's {title}: {summary}.
 
 
 def _named_builder(builder, depth, block, stem, summary, example, count):
-    classes = DEFAULTS[stem][1]
+    classes = choices.STEMS[stem].classes
 
     def build(
         include_top=True,
@@ -381,7 +358,7 @@ def _named_builder(builder, depth, block, stem, summary, example, count):
     build.__doc__ = _BUILDER_DOC.format(
         title=f"pre-activation ResNet-{depth}",
         summary=summary,
-        shape=DEFAULTS[stem][0],
+        shape=choices.STEMS[stem].input_shape,
         classes=classes,
         builder=builder,
         example=example,

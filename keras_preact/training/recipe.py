@@ -5,7 +5,6 @@ Keras' own SGD keeps the learning rate inside the velocity (`v = m·v - lr·g`) 
 momentum and applies the learning rate at the update. `TorchSGD` does exactly that on every backend.
 """
 
-import dataclasses
 import math
 
 import keras
@@ -24,8 +23,8 @@ class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, rate, boundaries=(), factor=0.1, warmup_steps=0, warmup_rate=None):
-        if rate <= 0:
-            raise ValueError(f"rate must be positive, got {rate}.")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+            raise ValueError(f"rate must be a positive number, got {rate!r}.")
         if list(boundaries) != sorted(boundaries) or any(b < 0 for b in boundaries):
             raise ValueError(f"boundaries must be non-negative and increasing, got {list(boundaries)}.")
         self.rate = float(rate)
@@ -134,46 +133,14 @@ class TorchSGD(keras.optimizers.Optimizer):
         return config
 
 
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """A training recipe. Schedule points are fractions of the run, so shorter runs scale them."""
-
-    name: str
-    batch_size: int
-    epochs: int
-    learning_rate: float
-    boundaries: tuple  # fractions of the total iterations
-    warmup: float  # fraction of the total iterations at warmup_rate
-    warmup_rate: float
-    nesterov: bool
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-
-
-RECIPES = {
-    # Paper appendix (Caffe): batch 128, lr 0.1 (0.01 for the first 400 iterations), /10 at 32k and
-    # 48k, stop at 64k iterations = 164 epochs of 50,000 images.
-    "paper": Recipe("paper", 128, 164, 0.1, (32000 / 64000, 48000 / 64000), 400 / 64000, 0.01, False),
-    # Released code (fb.resnet.torch + resnet-pre-act.lua): batch 64, Nesterov, /10 at epochs 81
-    # and 122, 200 epochs, no warm-up.
-    "official": Recipe("official", 64, 200, 0.1, (81 / 200, 122 / 200), 0.0, 0.1, True),
-}
-
-
-def get_recipe(name):
-    if name not in RECIPES:
-        raise ValueError(f"Unknown recipe {name!r}. Valid recipes: {', '.join(RECIPES)}.")
-    return RECIPES[name]
-
-
 def make_optimizer(recipe, steps_per_epoch, epochs=None, batch_size=None):
     """The recipe's TorchSGD for a run of `epochs` at `batch_size` (defaults: the recipe's).
 
     The learning rates scale linearly with the batch size relative to the recipe's; the warm-up
     and the boundaries keep their place as fractions of the run.
     """
-    epochs = epochs or recipe.epochs
-    batch_size = batch_size or recipe.batch_size
+    epochs = recipe.epochs if epochs is None else epochs
+    batch_size = recipe.batch_size if batch_size is None else batch_size
     total = epochs * steps_per_epoch
     scale = batch_size / recipe.batch_size
     schedule = StepSchedule(

@@ -1,0 +1,1 @@
+"""The networks: fast layers, the residual unit, and the builders."""

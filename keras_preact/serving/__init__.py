@@ -1,0 +1,1 @@
+"""Serving: SavedModel and ONNX export, and a local server with TF Serving's REST API."""

@@ -1,0 +1,76 @@
+"""Keras callbacks of a run: NaN stop, atomic per-epoch checkpoints, throughput."""
+
+import math
+import os
+import time
+
+import keras
+import numpy as np
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stops at the first non-finite training loss and remembers where."""
+
+    def __init__(self):
+        super().__init__()
+        self.where = None
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.where = f"epoch {self.epoch + 1}, step {batch + 1}"
+            self.model.stop_training = True
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Writes model + optimizer state after every epoch whose loss is finite, atomically.
+
+    The optimizer's iteration count is inside the file, so a restarted run knows its epoch and
+    learning rate from the file alone; a kill at any point leaves the previous file intact.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not math.isfinite(float((logs or {}).get("loss", 0.0))):
+            return  # keep the last good state
+        partial = self.path + ".partial.weights.h5"
+        self.model.save_weights(partial)
+        os.replace(partial, self.path)
+
+
+class Throughput(keras.callbacks.Callback):
+    """Training images per second per epoch, validation excluded."""
+
+    def __init__(self, global_batch):
+        super().__init__()
+        self.global_batch = global_batch
+        self.rates = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start, self.steps, self.measured = time.perf_counter(), 0, False
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps = batch + 1
+
+    def _record(self):
+        if not self.measured and self.steps:
+            self.rates.append(self.steps * self.global_batch / (time.perf_counter() - self.start))
+            self.measured = True
+
+    def on_test_begin(self, logs=None):
+        self._record()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._record()
+
+    def images_per_second(self):
+        # The first epoch includes tracing and compilation; leave it out when there are others.
+        rates = self.rates[1:] or self.rates
+        return float(np.median(rates)) if rates else 0.0

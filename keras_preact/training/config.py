@@ -1,0 +1,159 @@
+"""A run's configuration: flags, a saved `config.json` or Python arguments, resolved and validated
+in one place, and the one function that builds a run's model.
+
+`RunConfig` takes what the user gave (`None` means "the default", nothing else does);
+`resolved()` fills in every default and rejects every bad value with one line that names it. The
+resolved configuration is what a run saves as `config.json` and what `build_model` reads.
+"""
+
+import dataclasses
+import json
+import os
+
+from keras_preact import choices
+from keras_preact.model.builders import PreActResNet, units_per_stage
+
+# PreActResNet arguments a run may set (beyond depth, block and classes, which it sets itself).
+MODEL_OPTIONS = ("unit", "shortcut", "downsample", "stride_on", "remat", *choices.SHORTCUT_OPTIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a training run (saved as `model_dir/config.json`).
+
+    Args:
+        dataset: `"cifar10"` or `"cifar100"`.
+        data_dir: an image folder (`train/<class>/*`, `test/<class>/*`) or a TFDS data directory;
+            None: TFDS's default directory.
+        depth: network depth (9n+2 bottleneck or 6n+2 basic).
+        block: `"basic"` or `"bottleneck"`; None: as the paper uses the depth (`default_block`).
+        recipe: `"paper"` or `"official"` (`keras_preact.choices.RECIPES`).
+        epochs, batch_size: None: the recipe's. The learning rate scales with the batch size and
+            the schedule's boundaries with the number of epochs.
+        train_subset: train on this many images (class-balanced); None: all.
+        model_dir: where the run writes; None: `runs/<dataset>_resnet<depth>`.
+        strategy: device placement (`keras_preact.choices.STRATEGIES`).
+        mixed_precision: `"none"`, `"float16"` or `"bfloat16"`.
+        seed: initialisation, shuffling and augmentation; epoch e's order and augmentation depend
+            on (seed, e) alone.
+        model_options: further `PreActResNet` arguments (`MODEL_OPTIONS`).
+    """
+
+    dataset: str = "cifar10"
+    data_dir: str = None
+    depth: int = 164
+    block: str = None
+    recipe: str = "paper"
+    epochs: int = None
+    batch_size: int = None
+    train_subset: int = None
+    model_dir: str = None
+    strategy: str = "auto"
+    mixed_precision: str = "none"
+    seed: int = 0
+    model_options: dict = dataclasses.field(default_factory=dict)
+
+    def resolved(self):
+        """This configuration with every default filled in, or a ValueError naming the bad value."""
+        choices.TRAINING_DATASETS.check(self.dataset)
+        _check_path("data_dir", self.data_dir, optional=True)
+        choices.check_count("depth", self.depth)
+        block = choices.default_block(self.depth) if self.block is None else choices.BLOCKS.check(self.block)
+        units_per_stage(self.depth, block, "cifar")
+        recipe = choices.RECIPES[self.recipe]
+        epochs = recipe.epochs if self.epochs is None else choices.check_count("epochs", self.epochs)
+        batch_size = recipe.batch_size if self.batch_size is None else choices.check_count("batch_size", self.batch_size)
+        if self.train_subset is not None:
+            choices.check_count("train_subset", self.train_subset)
+        model_dir = os.path.join("runs", f"{self.dataset}_resnet{self.depth}") if self.model_dir is None else self.model_dir
+        _check_path("model_dir", model_dir)
+        choices.STRATEGIES.check(self.strategy)
+        choices.PRECISIONS.check(self.mixed_precision)
+        choices.check_count("seed", self.seed, minimum=0)
+        return dataclasses.replace(
+            self,
+            block=block,
+            epochs=epochs,
+            batch_size=batch_size,
+            model_dir=os.fspath(model_dir),
+            data_dir=None if self.data_dir is None else os.fspath(self.data_dir),
+            model_options=_check_model_options(self.model_options),
+        )
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values, source="the configuration"):
+        """A RunConfig from a dict such as a saved config.json; unknown keys are an error."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source} must be a JSON object of run settings, got {type(values).__name__}.")
+        fields = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"{source} has unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}.")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path):
+        """The resolved configuration saved at `path` (a run's config.json)."""
+        try:
+            with open(path) as f:
+                values = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} does not exist: is its folder a training run's model_dir?") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} is not a readable run configuration (JSON): {error}.") from None
+        missing = sorted({"dataset", "depth", "block"} - set(values)) if isinstance(values, dict) else []
+        if missing:
+            raise ValueError(f"{path} lacks {', '.join(missing)}: it was not written by a keras_preact run.")
+        try:
+            return cls.from_dict(values, path).resolved()
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
+
+    def save(self, path):
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+
+def _check_path(argument, value, optional=False):
+    if value is None and optional:
+        return
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ValueError(f"{argument} must be a path, got {value!r}.")
+
+
+def _check_model_options(options):
+    if not isinstance(options, dict):
+        raise ValueError(f"model_options must be a dict of PreActResNet arguments, got {options!r}.")
+    unknown = sorted(set(options) - set(MODEL_OPTIONS))
+    if unknown:
+        raise ValueError(f"Unknown model option(s) {', '.join(unknown)}; valid: {', '.join(MODEL_OPTIONS)}.")
+    checks = {
+        "unit": choices.ORDERINGS.check,
+        "shortcut": choices.SHORTCUTS.check,
+        "downsample": choices.DOWNSAMPLES.check,
+        "stride_on": choices.STRIDE_PLACEMENTS.check,
+    }
+    for option, check in checks.items():
+        if options.get(option) is not None:
+            check(options[option])
+    if not isinstance(options.get("remat", False), bool):
+        raise ValueError(f"remat must be True or False, got {options['remat']!r}.")
+    given = {k: v for k, v in options.items() if k in choices.SHORTCUT_OPTIONS}
+    choices.shortcut_options(options.get("shortcut") or "identity", given)
+    return dict(options)
+
+
+def build_model(config, weights=None):
+    """The model of a run (resolved or not): its network, classes and precision policy."""
+    config = config.resolved()
+    return PreActResNet(
+        config.depth,
+        block=config.block,
+        classes=choices.DATASETS[config.dataset].classes,
+        dtype=choices.PRECISIONS[config.mixed_precision],
+        weights=weights,
+        **config.model_options,
+    )

@@ -1,0 +1,180 @@
+"""One training run: a resolved configuration in; checkpoints, logs, results and an export out.
+
+`run(RunConfig(...))` is what `examples/cifar.py` and the ablation grid call. A run writes to
+`model_dir`: `config.json`, `checkpoint.weights.h5` (model + optimizer after the last good epoch;
+a restarted run resumes from it), `history.csv`, TensorBoard `logs/`, and at the end
+`model.weights.h5`, `results.json` and `curves.png`.
+"""
+
+import json
+import logging
+import os
+import time
+
+import keras
+
+from keras_preact import choices
+from keras_preact.model.builders import load_weights
+from keras_preact.serving.layout import check_export_dir, next_version
+from keras_preact.serving.saved_model import export_saved_model
+from keras_preact.training import data, distribute
+from keras_preact.training.callbacks import Checkpoint, StopOnNaN, Throughput
+from keras_preact.training.config import RunConfig, build_model
+from keras_preact.training.recipe import make_optimizer
+from keras_preact.training.report import plot_curves, read_history
+
+log = logging.getLogger("keras_preact")
+
+CHECKPOINT = "checkpoint.weights.h5"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
+    """Trains, evaluates and returns the results dict (also written to `model_dir/results.json`).
+
+    `train_split`/`test_split` (`data.Split`, e.g. from `data.from_arrays`) replace the dataset
+    source when given. With `export_dir`, the trained model is exported there as a TF Serving
+    SavedModel (`export_saved_model`, next free version).
+    """
+    started = time.perf_counter()
+    config = config.resolved()
+    if export_dir is not None:
+        check_export_dir(export_dir)  # before hours of training, not after
+    # First, before TensorFlow runs any op: multi-worker collectives are configured at start-up.
+    placement = distribute.place(config.strategy)
+    _claim_model_dir(config)
+    keras.utils.set_random_seed(config.seed)
+
+    if train_split is None or test_split is None:
+        train_split, test_split = data.load(config.dataset, config.data_dir)
+    train_split = train_split.subset(config.train_subset)
+    if config.batch_size % placement.replicas:
+        raise ValueError(f"batch_size={config.batch_size} must divide evenly over {placement.replicas} replicas.")
+    info = choices.DATASETS[config.dataset]
+    steps_per_epoch = len(train_split) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"The training split has {len(train_split)} images, fewer than one batch of {config.batch_size}.")
+    log.info(
+        "%s: depth %d %s, %s recipe, %d epochs x %d steps of %d images, %s",
+        config.dataset, config.depth, config.block, config.recipe, config.epochs, steps_per_epoch,
+        config.batch_size, placement.description,
+    )
+
+    checkpoint = os.path.join(config.model_dir, CHECKPOINT)
+    with placement.scope():
+        model = build_model(config)
+        model.compile(
+            optimizer=make_optimizer(choices.RECIPES[config.recipe], steps_per_epoch, config.epochs, config.batch_size),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+        first_epoch = _restore(model, checkpoint, steps_per_epoch)
+
+    test_data = data.eval_dataset(test_split, info, config.batch_size)
+    nan_guard, throughput = StopOnNaN(), Throughput(config.batch_size)
+    if first_epoch < config.epochs:
+        model.fit(
+            data.train_dataset(train_split, info, config.batch_size, config.seed, config.epochs, first_epoch),
+            epochs=config.epochs,
+            initial_epoch=first_epoch,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=test_data,
+            shuffle=False,  # the pipeline shuffles, per (seed, epoch)
+            callbacks=[
+                nan_guard,
+                throughput,
+                keras.callbacks.CSVLogger(os.path.join(config.model_dir, "history.csv"), append=True),
+                Checkpoint(checkpoint),
+                keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs")),
+            ],
+            verbose=verbose,
+        )
+    if nan_guard.where:
+        raise TrainingDiverged(_divergence_message(nan_guard.where, checkpoint))
+
+    _, accuracy = model.evaluate(test_data, verbose=0)
+    model.save_weights(os.path.join(config.model_dir, "model.weights.h5"))
+    results = {
+        "dataset": config.dataset,
+        "depth": config.depth,
+        "block": config.block,
+        "recipe": config.recipe,
+        "backend": keras.backend.backend(),
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "train_images": len(train_split),
+        "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        "replicas": placement.replicas,
+        "placement": placement.description,
+        "test_error": round(100.0 * (1.0 - float(accuracy)), 3),
+        "test_accuracy": float(accuracy),
+        "train_images_per_second": round(throughput.images_per_second(), 1),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "parameters": model.count_params(),
+        "model_options": config.model_options,
+        "class_names": list(train_split.class_names or info.class_names),
+    }
+    if export_dir is not None:
+        results["export"] = export_saved_model(model, export_dir, config.dataset, version=next_version(export_dir))
+    with open(os.path.join(config.model_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    plot_curves(
+        read_history(os.path.join(config.model_dir, "history.csv")),
+        os.path.join(config.model_dir, "curves.png"),
+        title=f"{config.dataset} ResNet-{config.depth} ({config.block})",
+    )
+    log.info("Test error %.2f%% after %d epochs; results in %s", results["test_error"], config.epochs, config.model_dir)
+    return results
+
+
+def _claim_model_dir(config):
+    """Writes `config.json`, or checks that the one there describes this run (a resume)."""
+    if os.path.exists(config.model_dir) and not os.path.isdir(config.model_dir):
+        raise NotADirectoryError(f"model_dir {config.model_dir!r} is a file; pass a folder for the run's files.")
+    os.makedirs(config.model_dir, exist_ok=True)
+    path = os.path.join(config.model_dir, "config.json")
+    if os.path.exists(path):
+        try:
+            previous = RunConfig.load(path).to_dict()
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{error} Use a new model_dir, or remove {path}.") from None
+        now = config.to_dict()
+        # Where the folder is does not make it another run.
+        differences = [key for key in now if key != "model_dir" and previous[key] != now[key]]
+        if differences:
+            raise ValueError(
+                f"{config.model_dir} holds a run with other settings ("
+                + ", ".join(f"{key}: {previous[key]!r} there, {now[key]!r} now" for key in differences)
+                + "). Use a new model_dir, or the same settings to resume."
+            )
+    config.save(path)
+
+
+def _restore(model, checkpoint, steps_per_epoch):
+    """Loads the checkpoint if there is one; returns the number of finished epochs."""
+    if not os.path.exists(checkpoint):
+        return 0
+    model.optimizer.build(model.trainable_variables)
+    load_weights(model, checkpoint, "this run's model (remove the file to start the run afresh)")
+    done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    if done == 0 or done % steps_per_epoch:  # Keras only warns when the optimizer state does not fit
+        raise ValueError(
+            f"{checkpoint} holds {done} optimizer steps, not a whole number of this run's "
+            f"{steps_per_epoch}-step epochs; use a new model_dir."
+        )
+    log.info("Resuming from %s after epoch %d", checkpoint, done // steps_per_epoch)
+    return done // steps_per_epoch
+
+
+def _divergence_message(where, checkpoint):
+    if os.path.exists(checkpoint):
+        kept = f"The last good state stays in {checkpoint}."
+    else:
+        kept = "No epoch finished before it, so no checkpoint was written."
+    return (
+        f"The training loss became NaN at {where}. {kept} Lower the learning rate (a smaller "
+        "batch_size scales it down) or check the input data."
+    )
