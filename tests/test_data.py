@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -210,3 +211,37 @@ def test_subset_bounds():
     split = data.from_arrays(np.zeros((4, 32, 32, 3), np.uint8), [0, 1, 2, 3])
     with pytest.raises(ValueError, match="train_subset=5 must be between 1 and the split's 4 images"):
         split.subset(5)
+
+
+def test_hidden_files_and_folders_are_skipped(sample_copy):
+    (sample_copy / "train" / "cat" / "._0000.jpg").write_bytes(b"macOS resource fork, not a JPEG")
+    (sample_copy / "train" / ".ipynb_checkpoints").mkdir()
+    (sample_copy / "test" / "dog" / ".DS_Store").write_bytes(b"\0")
+    train, test = data.load("cifar10", str(sample_copy))
+    assert len(train) == len(test) == 30 and train.class_names == tuple(CLASSES)
+
+
+def test_a_folder_named_like_an_image(sample_copy):
+    (sample_copy / "train" / "cat" / "album.jpg").mkdir()
+    with pytest.raises(ValueError, match=r"train/cat/album.jpg is a folder, not an image"):
+        data.load("cifar10", str(sample_copy))
+
+
+def test_a_broken_link(sample_copy):
+    os.symlink(sample_copy / "nowhere.jpg", sample_copy / "test" / "cat" / "gone.jpg")
+    with pytest.raises(ValueError, match=r"test/cat/gone.jpg is a broken link or not a regular file"):
+        data.load("cifar10", str(sample_copy))
+
+
+def test_data_dir_that_is_a_file(tmp_path):
+    (tmp_path / "cifar.zip").write_bytes(b"PK")
+    with pytest.raises(NotADirectoryError, match=r"cifar.zip' is a file; pass the folder that holds train/ and test/"):
+        data.load("cifar10", str(tmp_path / "cifar.zip"))
+
+
+def test_empty_data_dir_offline_fails_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "TFDS_DOWNLOAD_HOST", ("download-host.invalid", 443))  # unreachable by design
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"holds no prepared 'cifar10' and its download host download-host.invalid cannot be reached"):
+        data.load("cifar10", str(tmp_path))
+    assert time.perf_counter() - started < 60  # not TFDS's minutes of download retries

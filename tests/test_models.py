@@ -247,6 +247,13 @@ def test_missing_weights_file(tmp_path):
         keras_preact.ResNet164(weights=str(tmp_path / "nope.weights.h5"))
 
 
+def test_weights_file_that_is_not_hdf5(tmp_path):
+    path = tmp_path / "broken.weights.h5"
+    path.write_bytes(b"not an HDF5 file")
+    with pytest.raises(ValueError, match=r"broken.weights.h5' is not a readable Keras weights file \(HDF5\)"):
+        keras_preact.PreActResNet(8, block="basic", weights=str(path))
+
+
 def test_weights_for_other_classes(tmp_path):
     path = str(tmp_path / "ten.weights.h5")
     keras_preact.PreActResNet(11, classes=10).save_weights(path)

@@ -94,6 +94,60 @@ def test_kill_and_resume(tmp_path):
     assert schedule.boundaries == [8, 11]
 
 
+def kill_after_first_checkpoint(command, model_dir):
+    """Starts `command`, kill -9s it as soon as its first epoch's checkpoint exists."""
+    process = subprocess.Popen(command, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = os.path.join(model_dir, "checkpoint.weights.h5")
+    deadline = time.time() + 300
+    while not os.path.exists(checkpoint) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert os.path.exists(checkpoint), "the run never wrote a checkpoint"
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="bit-for-bit equality is promised on TensorFlow")
+def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path):
+    """Kill after epoch 1 of 3, resume: every logged number equals the run that was never killed."""
+    common = CIFAR + ["--epochs=3", "--seed=7"]
+    whole, resumed = str(tmp_path / "whole"), str(tmp_path / "resumed")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(common + [f"--model_dir={whole}"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    kill_after_first_checkpoint(common + [f"--model_dir={resumed}"], resumed)
+    again = subprocess.run(common + [f"--model_dir={resumed}"], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "Resuming from" in again.stderr, again.stderr[-3000:]
+    expected = read_history(os.path.join(whole, "history.csv"))
+    assert [row["epoch"] for row in expected] == [0, 1, 2]
+    assert read_history(os.path.join(resumed, "history.csv")) == expected  # bit for bit
+
+
+def test_zero_and_negative_settings_are_refused_by_the_command(tmp_path):
+    for flag, message in (("--epochs=0", "epochs must be a positive integer, got 0"),
+                          ("--batch_size=0", "batch_size must be a positive integer, got 0"),
+                          ("--train_subset=-5", "train_subset must be a positive integer, got -5")):
+        result = subprocess.run(CIFAR[:2] + [flag, f"--model_dir={tmp_path}"], capture_output=True, text=True,
+                                timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert not os.listdir(tmp_path)  # refused before anything was written
+
+
+def test_a_finished_run_is_not_continued_with_other_epochs(tmp_path):
+    train_config = dict(depth=8, batch_size=20, model_dir=str(tmp_path))
+    training.run(training.RunConfig(epochs=2, **train_config), *toy_splits(), verbose=0)
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(epochs: 2 there, 1 now\)"):
+        training.run(training.RunConfig(epochs=1, **train_config), *toy_splits(), verbose=0)
+
+
+def test_a_checkpoint_that_is_not_hdf5(tmp_path):
+    config = training.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path))
+    training.run(config, *toy_splits(), verbose=0)
+    (tmp_path / "checkpoint.weights.h5").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match=r"checkpoint.weights.h5' is not a readable Keras weights file"):
+        training.run(config, *toy_splits(), verbose=0)
+
+
 @pytest.mark.skipif(keras.backend.backend() == "torch", reason="torch trains on one device")
 def test_multi_replica_on_two_logical_cpus(tmp_path):
     result = subprocess.run(
@@ -129,6 +183,17 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_state(tmp_path, 
     model.load_weights(str(tmp_path / "checkpoint.weights.h5"))
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 6
     assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
+
+
+def test_nan_in_the_first_epoch_says_there_is_no_checkpoint(tmp_path, monkeypatch):
+    def exploding(*args, **kwargs):
+        return recipe.TorchSGD(recipe.StepSchedule(1e30))
+
+    monkeypatch.setattr("keras_preact.training.runner.make_optimizer", exploding)
+    config = training.RunConfig(depth=8, epochs=2, batch_size=20, model_dir=str(tmp_path))
+    with pytest.raises(training.TrainingDiverged, match=r"at epoch 1, step \d+\. No epoch finished before it, so no checkpoint was written"):
+        training.run(config, *toy_splits(), verbose=0)
+    assert not (tmp_path / "checkpoint.weights.h5").exists()
 
 
 @pytest.mark.parametrize(

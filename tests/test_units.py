@@ -131,6 +131,8 @@ def test_channels_first_equals_channels_last():
         (dict(filters=8, preactivation="both"), "Unknown preactivation='both'"),
         (dict(filters=8, downsample="pool"), "Unknown downsample='pool'"),
         (dict(filters=8, data_format="nhwc"), "Unknown data_format='nhwc'"),
+        (dict(filters=8, remat=1), "remat must be True or False"),
+        (dict(filters=8, shortcut="constant_scaling", shortcut_scale=float("inf")), "shortcut_scale must be a finite number"),
     ],
 )
 def test_bad_arguments(kwargs, message):

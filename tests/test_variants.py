@@ -184,6 +184,10 @@ def test_stride_on_option():
         (dict(stride_on="3x3", block="basic"), ValueError, "stride_on applies to bottleneck units"),
         (dict(stride_on="middle"), ValueError, "Unknown stride_on='middle'"),
         (dict(gating_bias=-6), TypeError, "unexpected keyword argument"),
+        (dict(shortcut="constant_scaling", shortcut_scale="x"), ValueError, "shortcut_scale must be a finite number, got 'x'"),
+        (dict(shortcut="constant_scaling", residual_scale=True), ValueError, "residual_scale must be a finite number, got True"),
+        (dict(shortcut="exclusive_gating", gate_bias=float("nan")), ValueError, "gate_bias must be a finite number, got nan"),
+        (dict(shortcut="dropout", dropout_rate="high"), ValueError, "dropout_rate must be a finite number, got 'high'"),
     ],
 )
 def test_bad_variant_arguments(kwargs, error, message):
