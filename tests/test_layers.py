@@ -16,15 +16,18 @@ def _copy_weights(source, target):
         b.assign(numpy(a))
 
 
-def _train_side_by_side(make_keras_layer, make_our_layer, x, data_format, steps=3):
+def _train_side_by_side(make_keras_layer, make_our_layer, x, data_format, steps=3, keras_format=None):
     """Two one-layer models with equal weights, trained with SGD on the same data; returns per
-    model its losses, weights and inference output."""
+    model its losses, weights and inference output. `keras_format`: the data format of Keras'
+    model, which then sees `x` transposed to it (default: `data_format`)."""
     rng = np.random.default_rng(1)
     runs = []
     models = []
-    for make in (make_keras_layer, make_our_layer):
-        inputs = keras.Input(x.shape[1:])
-        outputs = keras.layers.GlobalAveragePooling2D(data_format=data_format)(
+    keras_format = keras_format or data_format
+    inputs_of = {data_format: x, keras_format: _to_format(x, data_format, keras_format)}
+    for make, fmt in ((make_keras_layer, keras_format), (make_our_layer, data_format)):
+        inputs = keras.Input(inputs_of[fmt].shape[1:])
+        outputs = keras.layers.GlobalAveragePooling2D(data_format=fmt)(
             keras.layers.Activation("relu")(make()(inputs))
         )
         models.append(keras.Model(inputs, keras.layers.Dense(3, kernel_initializer="ones")(outputs)))
@@ -33,11 +36,18 @@ def _train_side_by_side(make_keras_layer, make_our_layer, x, data_format, steps=
     )
     _copy_weights(models[0], models[1])
     y = np.arange(len(x)) % 3
-    for model in models:
+    for model, fmt in zip(models, (keras_format, data_format)):
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="sparse_categorical_crossentropy")
-        losses = [float(model.train_on_batch(x, y)) for _ in range(steps)]
-        runs.append((losses, [numpy(w) for w in model.weights], numpy(model(x, training=False))))
+        losses = [float(model.train_on_batch(inputs_of[fmt], y)) for _ in range(steps)]
+        runs.append((losses, [numpy(w) for w in model.weights], numpy(model(inputs_of[fmt], training=False))))
     return runs
+
+
+def _to_format(x, source, target):
+    if source == target:
+        return x
+    return x.transpose(0, 2, 3, 1) if target == "channels_last" else x.transpose(0, 3, 1, 2)
+
 
 
 def _assert_same_training(runs):
@@ -152,11 +162,15 @@ def test_conv_trains_like_keras(kwargs, data_format):
     x = np.random.default_rng(4).normal(size=(4, 3, 9, 9)).astype("float32")
     if data_format == "channels_last":
         x = x.transpose(0, 2, 3, 1)
+    # The reference is Keras' channels-last layer on the same numbers: Keras' channels-first one
+    # cannot train on TensorFlow's CPU kernels (oneDNN off), and on TensorFlow it adds the bias
+    # over the wrong axis when width == channels (Keras 3.15.1), as in "3x3_valid_s2" here.
     runs = _train_side_by_side(
-        lambda: keras.layers.Conv2D(data_format=data_format, **kwargs),
+        lambda: keras.layers.Conv2D(data_format="channels_last", **kwargs),
         lambda: layers.Conv2D(data_format=data_format, **kwargs),
         x,
         data_format,
+        keras_format="channels_last",
     )
     _assert_same_training(runs)
 

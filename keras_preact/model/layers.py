@@ -19,6 +19,8 @@ the moving variance averages the *biased* batch variance, and half-precision inp
 normalised in float32.
 """
 
+import functools
+
 import keras
 from keras import ops
 
@@ -76,6 +78,16 @@ def _tensorflow_kernel(x, gamma, beta, mean, variance, channels_first, epsilon, 
 FUSED_KERNELS = {"torch": _torch_kernel, "tensorflow": _tensorflow_kernel}
 
 
+@functools.cache
+def _tensorflow_cpu_needs_nhwc():
+    """Whether TensorFlow convolves on the CPU without oneDNN, which takes NHWC only."""
+    import tensorflow as tf
+
+    from keras_preact.runtime import tensorflow_onednn_enabled
+
+    return tensorflow_onednn_enabled() is False and not tf.config.list_logical_devices("GPU")
+
+
 @keras.saving.register_keras_serializable(package="keras_preact")
 class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` on the faster kernel where Keras' own is slow (channels-last data).
@@ -103,8 +115,26 @@ class Conv2D(keras.layers.Conv2D):
             return tuple(d * (k // 2) for k, d in zip(self.kernel_size, self.dilation_rate))
         return None
 
+    def call(self, inputs):
+        outputs = self.convolution_op(inputs, self.kernel)
+        if self.use_bias:
+            shape = [1] * len(outputs.shape)
+            shape[-1 if self.data_format == "channels_last" else 1] = self.filters
+            # `+`, not keras.ops.add: on TensorFlow (Keras 3.15.1) ops.add turns an
+            # (N, C, H, W) + (1, C, 1, 1) sum into a bias_add over the *last* axis when W == C.
+            outputs = outputs + ops.reshape(self.bias, shape)
+        return outputs if self.activation is None else self.activation(outputs)
+
     def convolution_op(self, inputs, kernel):
         backend = keras.backend.backend()
+        if backend == "tensorflow" and self.data_format == "channels_first" and _tensorflow_cpu_needs_nhwc():
+            # TensorFlow's own CPU kernels (oneDNN off) refuse NCHW convolutions and their
+            # gradients; convolve the NHWC view of the same numbers instead.
+            outputs = ops.conv(
+                ops.transpose(inputs, (0, 2, 3, 1)), kernel, strides=self.strides, padding=self.padding,
+                dilation_rate=self.dilation_rate, data_format="channels_last",
+            )
+            return ops.transpose(outputs, (0, 3, 1, 2))
         if self.data_format != "channels_last" or self.groups != 1 or backend not in ("jax", "torch"):
             return super().convolution_op(inputs, kernel)
         if backend == "jax":

@@ -108,8 +108,9 @@ def _tensorflow_placement(strategy):
     if strategy == "mirrored":
         distributed = tf.distribute.MirroredStrategy(devices=devices)
         return Placement(f"MirroredStrategy over {len(devices)} devices: {', '.join(devices)}", len(devices), distributed)
-    distributed = tf.distribute.OneDeviceStrategy(devices[0])
-    return Placement(f"OneDeviceStrategy on {devices[0]}", 1, distributed)
+    # No strategy for one device: a OneDeviceStrategy feeds `fit` through a per-device generator
+    # dataset, which sets glibc's M_TRIM_THRESHOLD (BUILD_NOTES.md, "Speed on every CPU").
+    return Placement(f"TensorFlow: one device ({devices[0]})", 1)
 
 
 def _jax_placement(strategy):
