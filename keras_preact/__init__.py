@@ -12,7 +12,10 @@ commands are `examples/cifar.py`, `python -m keras_preact.export` and `python -m
 """
 
 # First, before Keras imports its backend: oneDNN and thread settings (see runtime.py).
-from keras_preact import runtime  # noqa: F401  isort: skip
+from keras_preact import runtime  # isort: skip
+
+runtime.configure()
+
 from keras_preact.model.builders import (
     PreActResNet,
     ResNet50,

@@ -1,7 +1,8 @@
 """Process settings that must be made before a framework starts: TensorFlow's oneDNN kernels and
 thread counts that follow the CPUs this process may use.
 
-`keras_preact/__init__.py` imports this module first, before Keras (which imports the backend).
+`keras_preact/__init__.py` calls `configure()` first, before it imports Keras (which imports the
+backend).
 Every setting is an environment variable the user may set themselves; theirs always wins.
 
 - **oneDNN.** TensorFlow turns its oneDNN CPU kernels on by default only on CPUs with AVX-512
@@ -43,6 +44,35 @@ def tensorflow_onednn_enabled():
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
+def cpu_description():
+    """The CPU's model name and the ISA extensions that decide TensorFlow's and XLA's kernels."""
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    isa = [name for name in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if name in flags]
+    return {"model": model, "isa": isa}
+
+
+def describe():
+    """What decides this process's speed: CPU, usable CPUs, thread settings, oneDNN's state."""
+    info = {**cpu_description(), "cpus": cpus()}
+    info.update({name: os.environ.get(name) for name in (*thread_settings(), ONEDNN)})
+    if "tensorflow" in sys.modules:
+        info["tensorflow_onednn"] = tensorflow_onednn_enabled()
+    if "torch" in sys.modules:
+        info["torch_threads"] = sys.modules["torch"].get_num_threads()
+    return info
+
+
 def configure():
     """Applies the settings above; warns once where TensorFlow was imported too early for them."""
     for name, value in thread_settings().items():
@@ -60,5 +90,3 @@ def configure():
             stacklevel=3,
         )
 
-
-configure()

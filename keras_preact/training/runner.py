@@ -13,7 +13,7 @@ import time
 
 import keras
 
-from keras_preact import choices
+from keras_preact import choices, runtime
 from keras_preact.model.builders import load_weights
 from keras_preact.serving.layout import check_export_dir, next_version
 from keras_preact.serving.saved_model import export_saved_model
@@ -116,6 +116,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         "parameters": model.count_params(),
         "model_options": config.model_options,
         "class_names": list(train_split.class_names or info.class_names),
+        "machine": runtime.describe(),
     }
     if export_dir is not None:
         results["export"] = export_saved_model(model, export_dir, config.dataset, version=next_version(export_dir))
