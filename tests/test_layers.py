@@ -182,3 +182,37 @@ def test_networks_are_built_from_the_fast_layers():
     convs = [layer for layer in sublayers if isinstance(layer, keras.layers.Conv2D)]
     assert norms and all(isinstance(layer, layers.BatchNorm) for layer in norms)
     assert convs and all(isinstance(layer, layers.Conv2D) for layer in convs)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_virtual_groups_normalise_each_group_alone(axis):
+    """Per-replica statistics on one array: each half of the batch as if it were alone, and the
+    moving statistics the mean of the halves' updates (what a MirroredStrategy keeps)."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(8, 3, 5, 4)).astype("float32") * np.array([1.0, 2.0, 3.0, 0.5], "float32")
+    halves = x[:4] + 1.0, x[4:] - 2.0
+    x = np.concatenate(halves)
+    if axis == 1:
+        x, halves = x.transpose(0, 3, 1, 2), tuple(h.transpose(0, 3, 1, 2) for h in halves)
+    grouped = layers.BatchNorm(axis=axis, virtual_groups=2, momentum=0.9, epsilon=1e-5)
+    out = numpy(grouped(x, training=True))
+    alone = [layers.BatchNorm(axis=axis, momentum=0.9, epsilon=1e-5) for _ in halves]
+    expected = np.concatenate([numpy(layer(half, training=True)) for layer, half in zip(alone, halves)])
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    for name in ("moving_mean", "moving_variance"):
+        mean_of_halves = np.mean([numpy(getattr(layer, name)) for layer in alone], axis=0)
+        np.testing.assert_allclose(numpy(getattr(grouped, name)), mean_of_halves, rtol=1e-5, atol=1e-6)
+
+
+def test_replica_options_round_trip_and_bad_values():
+    layer = layers.BatchNorm(virtual_groups=4, synchronized=True)
+    config = layer.get_config()
+    assert config["virtual_groups"] == 4 and config["synchronized"] is True
+    restored = layers.BatchNorm.from_config(config)
+    assert restored.virtual_groups == 4 and restored.synchronized_statistics is True
+    with pytest.raises(ValueError, match="virtual_groups must be a positive integer, got 0"):
+        layers.BatchNorm(virtual_groups=0)
+    with pytest.raises(TypeError, match="synchronized must be True or False"):
+        layers.BatchNorm(synchronized="yes")
+    with pytest.raises(ValueError, match="a batch of 6 does not split into virtual_groups=4"):
+        layers.BatchNorm(virtual_groups=4)(np.ones((6, 2, 2, 3), "float32"), training=True)
