@@ -133,7 +133,7 @@ def start_and_kill_after_first_checkpoint(commands, model_dir, kill_all):
         os.killpg(process.pid, signal.SIGKILL)
     for process in processes:  # a survivor waits for its peer forever: a scheduler would stop it
         try:
-            process.wait(timeout=60)
+            process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -150,7 +150,7 @@ def finish(commands):
 
 def test_kill_one_process_then_run_the_same_command_again(tmp_path):
     model_dir = str(tmp_path / "run")
-    arguments = ["--epochs=4", f"--model_dir={model_dir}"]
+    arguments = ["--epochs=2", f"--model_dir={model_dir}"]
     if BACKEND == "torch":  # the command a user runs
         port = free_ports(1)[0]
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", *RUN, *arguments]
@@ -161,16 +161,16 @@ def test_kill_one_process_then_run_the_same_command_again(tmp_path):
     outputs = finish(commands if BACKEND == "torch" else process_commands(arguments))
     assert "Resuming from" in outputs[0]
     results = json.loads(open(os.path.join(model_dir, "results.json")).read())
-    assert results["steps"] == 4 * 3 and results["processes"] == 2
-    assert [int(row["epoch"]) for row in read_history(os.path.join(model_dir, "history.csv"))] == [0, 1, 2, 3]
+    assert results["steps"] == 2 * 3 and results["processes"] == 2
+    assert [int(row["epoch"]) for row in read_history(os.path.join(model_dir, "history.csv"))] == [0, 1]
 
 
 def test_a_checkpoint_of_two_processes_resumes_in_one(tmp_path):
     model_dir = str(tmp_path / "run")
-    arguments = ["--epochs=3", f"--model_dir={model_dir}"]
+    arguments = ["--epochs=2", f"--model_dir={model_dir}"]
     start_and_kill_after_first_checkpoint(process_commands(arguments), model_dir, kill_all=True)
     output = finish([([sys.executable, *RUN, *arguments], dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))])[0]
     assert "Resuming from" in output
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["steps"] == 9 and results["processes"] == 1
+    assert results["steps"] == 6 and results["processes"] == 1
     assert results["batch_norm"] == json.loads((tmp_path / "run" / "config.json").read_text())["batch_norm"] == "per_replica"
