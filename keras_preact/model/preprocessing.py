@@ -95,8 +95,8 @@ def preprocess_input(x, dataset="cifar10", data_format=None):
         `(x - mean) / std` per channel, float32: a NumPy array for NumPy or list input, else a
         backend tensor.
 
-    >>> preprocess_input(np.full((1, 32, 32, 3), 128, np.uint8), "cifar10")[0, 0, 0]
-    array([0.04444445, 0.08051529, 0.2173913 ], dtype=float32)
+    >>> preprocess_input(np.full((1, 32, 32, 3), 128, np.uint8), "cifar10")[0, 0, 0].round(4)
+    array([0.0429, 0.0805, 0.2114], dtype=float32)
     """
     mean, std = normalization(dataset)
     data_format = choices.DATA_FORMATS.check(data_format or keras.config.image_data_format())

@@ -13,6 +13,7 @@ whole to a hidden partial folder first and renamed into place (`keras_preact.ser
 """
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -92,7 +93,9 @@ def export_saved_model(model, export_dir, dataset="cifar10", version=1, class_na
         raise FileExistsError(f"{target} {state}. Choose a new version, or remove it first.")
 
     os.makedirs(export_dir, exist_ok=True)
-    partial = tempfile.mkdtemp(prefix=partial_prefix(version), dir=export_dir)
+    # Not mkdtemp: its 0700 mode would stay on the version folder, unreadable to a server of another user.
+    partial = os.path.join(export_dir, partial_prefix(version) + secrets.token_hex(6))
+    os.mkdir(partial)
     try:
         with tempfile.TemporaryDirectory() as scratch:
             bare = os.path.join(scratch, "bare")

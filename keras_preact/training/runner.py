@@ -118,7 +118,9 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         "class_names": list(train_split.class_names or info.class_names),
     }
     if export_dir is not None:
-        results["export"] = export_saved_model(model, export_dir, config.dataset, version=next_version(export_dir))
+        results["export"] = export_saved_model(
+            model, export_dir, config.dataset, version=next_version(export_dir), class_names=results["class_names"]
+        )
     with open(os.path.join(config.model_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     plot_curves(
