@@ -12,7 +12,7 @@ import keras
 
 from keras_preact import choices
 from keras_preact.model.layers import batch_norm, conv
-from keras_preact.model.preprocessing import normalization
+from keras_preact.model.preprocessing import Normalize, normalization
 from keras_preact.model.units import ResidualUnit
 
 # Torch's nn.Linear init, uniform(±1/sqrt(fan_in)); the official code zeroes the bias.
@@ -99,8 +99,7 @@ def _preprocessing(x, include_preprocessing, stem, classes, axis, dtype):
             )
     if isinstance(dataset, bool) or dataset is None:
         raise ValueError(f"include_preprocessing must be True, False, a dataset name or (mean, std); got {dataset!r}.")
-    mean, std = normalization(dataset)
-    return keras.layers.Normalization(axis=axis, mean=mean, variance=std**2, dtype=dtype, name="preprocessing")(x)
+    return Normalize(*normalization(dataset), axis=axis, dtype=dtype, name="preprocessing")(x)
 
 
 def _activate(x, operations, prefix, axis, dtype):
@@ -233,7 +232,7 @@ def PreActResNet(
             `keras.config.image_data_format()`.
         name: model name; defaults to `"preact_resnet{depth}"`.
         include_preprocessing: `True`, a dataset name or a `(mean, std)` pair: the model starts
-            with a `Normalization` layer named "preprocessing" and takes raw 0-255 pixels. `True`
+            with a `Normalize` layer named "preprocessing" and takes raw 0-255 pixels. `True`
             takes the stem's dataset: "imagenet", or the CIFAR dataset with `classes` classes.
         **shortcut_options: `shortcut_scale`, `residual_scale` (constant scaling), `gate_bias`
             (gating), `dropout_rate` (dropout); see `ResidualUnit`.

@@ -59,6 +59,35 @@ def normalize(images, dataset):
     return (images - mean) / std
 
 
+@keras.saving.register_keras_serializable(package="keras_preact")
+class Normalize(keras.layers.Layer):
+    """`(pixels - mean) / std` per channel: the first layer of a model built with
+    `include_preprocessing`. The constants live in the graph, not in variables, so that ONNX
+    converters keep them constants (tf2onnx turns a `keras.layers.Normalization`'s into inputs).
+
+    >>> keras.ops.convert_to_numpy(Normalize((10.0, 20.0, 30.0), (2.0, 4.0, 5.0))(np.full((1, 1, 1, 3), 40.0))).tolist()
+    [[[[15.0, 5.0, 2.0]]]]
+    """
+
+    def __init__(self, mean, std, axis=-1, **kwargs):
+        super().__init__(**kwargs)
+        mean, std = normalization((mean, std))
+        self.mean, self.std = tuple(mean.tolist()), tuple(std.tolist())
+        self.axis = axis
+
+    def call(self, inputs):
+        shape = [1] * len(inputs.shape)
+        shape[self.axis] = 3
+        mean, std = (np.reshape(np.asarray(v, self.compute_dtype), shape) for v in (self.mean, self.std))
+        return (keras.ops.cast(inputs, self.compute_dtype) - mean) / std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean": list(self.mean), "std": list(self.std), "axis": self.axis}
+
+
 @functools.cache
 def _imagenet_classes():
     with open(IMAGENET_CLASSES, encoding="utf-8") as f:

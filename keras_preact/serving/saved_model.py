@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from keras_preact import choices
-from keras_preact.model.preprocessing import dataset_class_names, normalization, normalize
+from keras_preact.model.preprocessing import Normalize, dataset_class_names, normalization, normalize
 from keras_preact.serving.layout import check_export_dir, incomplete, partial_prefix
 
 SIGNATURE = "serving_default"
@@ -173,10 +173,9 @@ def _normalises_itself(model, dataset):
         layer = model.get_layer("preprocessing")
     except ValueError:
         return False
-    if not isinstance(layer, keras.layers.Normalization):
+    if not isinstance(layer, Normalize):
         return False
-    mean = keras.ops.convert_to_numpy(layer.mean).reshape(-1)
-    std = np.sqrt(keras.ops.convert_to_numpy(layer.variance).reshape(-1))
+    mean, std = np.array(layer.mean), np.array(layer.std)
     expected_mean, expected_std = normalization(dataset)
     if not (np.allclose(mean, expected_mean, rtol=1e-5) and np.allclose(std, expected_std, rtol=1e-5)):
         raise ValueError(
