@@ -109,10 +109,13 @@ def main(argv=None):
 
     from keras_preact.serving.rest import create_app, log
 
+    listener = None
     try:
         listener = _bind(args.host, args.port)
         app = create_app(args.export_dir, args.model_name, args.max_batch, args.read_timeout, labels, args.docs)
     except (OSError, ValueError) as problem:
+        if listener is not None:
+            listener.close()
         parser.exit(1, f"error: {problem}\n")
     servable = app.state.servable
     log.info(
