@@ -84,6 +84,7 @@ def run(quick, repeats, data_dir, out):
         note("remat", f"ResNet-1001 / torch{' + remat' if remat else ''}", {"depth": 1001, "batch": batch, "remat": remat},
              measure("train", "torch", arguments))
     note("serving", "ResNet-164 SavedModel vs Keras predict", {"depth": 164}, measure("serving", "tensorflow", ["--depth=164"]))
+    note("rest", "ResNet-164 local REST server", {"depth": 164}, measure("rest", "tensorflow", ["--depth=164", f"--data_dir={data_dir}"]))
     return records
 
 
@@ -152,6 +153,7 @@ def report(records, path, chart):
         lines += ["", "## Serving ResNet-164 (TensorFlow)", "", "| | latency, batch 1 (ms) | throughput, batch 256 (images/s) |", "|---|---|---|",
                   f"| exported SavedModel (`serving_default`, uint8 in) | {s['saved_model_latency_ms']:.1f} | {s['saved_model_images_per_second']:.0f} |",
                   f"| Keras `model.predict` | {s['keras_predict_latency_ms']:.1f} | {s['keras_predict_images_per_second']:.0f} |"]
+    lines += rest_report(records)
     analysis = os.path.join(HERE, "ANALYSIS.md")  # hand-written: what limits each missed target
     if os.path.exists(analysis):
         lines += ["", open(analysis).read().strip()]
@@ -160,6 +162,21 @@ def report(records, path, chart):
         f.write(text)
     plot(records, depths, chart)
     return text
+
+
+def rest_report(records):
+    """The local REST server's section: pixel JSON against base64 JPEG files."""
+    rest = [r for r in records if r["kind"] == "rest" and "jpeg_latency_ms" in r]
+    if not rest:
+        return []
+    r = rest[-1]
+    return [
+        "", f"## Serving ResNet-{r['depth']} over REST (`python -m keras_preact.serve`, one client)", "",
+        f"Measured {r.get('date', '')} on {r['cpu']}; real CIFAR-10 test JPEGs; median latency over sequential requests.", "",
+        "| request body | bytes per image | latency, batch 1 (ms) | throughput, batch 64 (images/s) |", "|---|---|---|---|",
+        f"| JSON pixels (`serving_default`) | {r['pixels_bytes_per_image']:,.0f} | {r['pixels_latency_ms']:.1f} | {r['pixels_images_per_second']:.0f} |",
+        f"| base64 JPEG (`encoded_images`) | {r['jpeg_bytes_per_image']:,.0f} | {r['jpeg_latency_ms']:.1f} | {r['jpeg_images_per_second']:.0f} |",
+    ]
 
 
 def plot(records, depths, path):

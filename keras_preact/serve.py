@@ -8,6 +8,7 @@ problem at start is one line on stderr and exit status 1.
 """
 
 import argparse
+import json
 import logging
 import re
 import socket
@@ -71,7 +72,8 @@ def _bind(host, port):
 def _protocol(timeout):
     """uvicorn's HTTP/1.1 protocol, closing a connection whose request headers have not come within
     `timeout` seconds (checked each `timeout`: a connection with no new request between two checks
-    while awaiting headers goes). uvicorn itself waits for ever; the body's timeout is the app's."""
+    while awaiting headers goes), and answering unparsable requests with JSON. uvicorn itself waits
+    for ever; the body's timeout is the app's."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -93,6 +95,14 @@ def _protocol(timeout):
         def connection_lost(self, exc):
             self._watch.cancel()
             super().connection_lost(exc)
+
+        def send_400_response(self, msg):
+            # What h11 cannot parse (a bad Content-Length, headers over 16 KiB) gets {"error"} too.
+            body = json.dumps({"error": f"{msg} (HTTP/1.1 could not be parsed)"}).encode()
+            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
 
     return Protocol
 

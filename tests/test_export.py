@@ -357,3 +357,84 @@ def test_kill_during_export_never_leaves_a_version_that_cannot_be_served(tmp_pat
         assert servable.versions[servable.latest].signatures["serving_default"](images=images)["classes"].shape == (1,)
     assert skipped, "no kill landed during an export"
     assert complete == list(range(1, len(complete) + 1))  # a partial folder never blocked the next export
+
+
+# --- the export command: bad inputs are one line, before any work ---------------------------------
+
+
+def export_command(capsys, *arguments):
+    """(exit status, stderr) of `python -m keras_preact.export` run in this process."""
+    from keras_preact import export
+
+    try:
+        status = export.main(list(arguments))
+    except SystemExit as stop:
+        status = stop.code
+    return status, capsys.readouterr().err
+
+
+def test_export_command_reports_bad_inputs_in_one_line(tmp_path, capsys):
+    def run_dir(name, config=None, weights=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        if config is not None:
+            (folder / "config.json").write_text(config)
+        if weights is not None:
+            (folder / "model.weights.h5").write_bytes(weights)
+        return str(folder)
+
+    good_config = json.dumps({"dataset": "cifar10", "depth": 8, "block": "basic", "model_options": {}})
+    (tmp_path / "a_file").write_text("x")
+    out = str(tmp_path / "out")
+    corrupt = run_dir("corrupt", '{"dataset": ')
+    no_depth = run_dir("nodepth", json.dumps({"dataset": "cifar10", "block": "basic"}))
+    cases = [
+        ([f"--model_dir={corrupt}"], "config.json is not a readable run configuration (JSON)"),
+        ([f"--model_dir={no_depth}"], "config.json lacks depth"),
+        ([f"--model_dir={run_dir('badweights', good_config, b'not HDF5')}"], "is not a readable Keras weights file (HDF5)"),
+        ([f"--model_dir={run_dir('noweights', good_config)}"], "has no model.weights.h5 or checkpoint.weights.h5"),
+        ([f"--model_dir={tmp_path / 'missing'}"], "config.json does not exist"),
+        ([f"--model_dir={run_dir('good', good_config)}", f"--export_dir={tmp_path / 'a_file'}"], "is a file; pass a folder"),
+        ([f"--model_dir={tmp_path / 'good'}", "--version=0"], "--version must be a positive integer, got 0"),
+    ]
+    for arguments, message in cases:
+        if not any(a.startswith("--export_dir") for a in arguments):
+            arguments = [*arguments, f"--export_dir={out}"]
+        status, stderr = export_command(capsys, *arguments)
+        assert status == 1 and stderr.startswith("error: ") and stderr.count("\n") == 1 and message in stderr, (arguments, stderr)
+    assert not os.path.exists(out)
+
+
+def test_a_run_with_an_image_folder_exports_its_class_names(tmp_path, capsys):
+    import tensorflow as tf
+
+    model = keras_preact.PreActResNet(8, block="basic")
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save_weights(str(run / "model.weights.h5"))
+    (run / "config.json").write_text(json.dumps({"dataset": "cifar10", "depth": 8, "block": "basic", "model_options": {}}))
+    names = [f"kind{i}" for i in range(10)]
+    (run / "results.json").write_text(json.dumps({"class_names": names}))
+    status, _ = export_command(capsys, f"--model_dir={run}", f"--export_dir={tmp_path / 'serving'}")
+    assert status is None and "class names from the run" in capsys.readouterr().out
+    encoded = tf.saved_model.load(str(tmp_path / "serving" / "1")).signatures["encoded_images"]
+    pixels = np.random.default_rng(6).integers(0, 256, size=(2, 32, 32, 3)).astype(np.uint8)
+    served = encoded(images=tf.constant([encode_png(p) for p in pixels]))
+    expected = keras_probabilities(model, pixels).argmax(axis=1)
+    assert [n.decode() for n in served["class_names"].numpy()] == [names[i] for i in expected]
+
+
+def test_cifar_example_refuses_an_export_dir_that_is_a_file_before_training(tmp_path):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the check is the same on every backend; one process start is enough")
+    (tmp_path / "a_file").write_text("x")
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "cifar.py")
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "cifar10-sample")
+    result = subprocess.run(
+        [sys.executable, example, f"--data_dir={data}", "--depth=8", "--block=basic", "--epochs=1", "--batch_size=10",
+         f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'a_file'}"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "export_dir" in result.stderr and "is a file" in result.stderr
+    assert not os.path.exists(tmp_path / "run")  # nothing trained, nothing written

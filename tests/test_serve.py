@@ -317,6 +317,14 @@ def test_oversized_streams_stalled_uploads_and_stalled_headers_are_cut_off(serve
     assert call(server, f"/v1/models/{MODEL}:predict", {"instances": PIXELS_OK})[0] == 200
 
 
+def test_unparsable_http_gets_json_too(server):
+    for data in (f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".encode(),
+                 f"GET /v1/models/{MODEL} HTTP/1.1\r\nHost: x\r\nX-Long: {'a' * 20000}\r\n\r\n".encode()):
+        answer = raw_exchange(server, data)
+        assert answer.startswith(b"HTTP/1.1 400") and b'{"error": "Invalid HTTP request received.' in answer, answer
+    assert call(server, f"/v1/models/{MODEL}")[0] == 200
+
+
 def test_many_stalled_uploads_are_all_closed(server):
     connections = []
     for _ in range(50):
@@ -479,3 +487,24 @@ def test_start_errors_in_a_fresh_process_are_one_line(tmp_path):
         lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("WARNING", "I0000"))]
         assert status == 1 and "Traceback" not in stderr, stderr
         assert [line for line in lines if line.startswith("error: ")] == [lines[-1]] and message in lines[-1], lines
+
+
+def test_the_client_example_sends_the_test_folders_jpegs(server):
+    import tensorflow as tf
+
+    client = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples", "client.py")
+    result = subprocess.run(
+        [sys.executable, client, f"--server={server['base']}", f"--model_name={MODEL}", f"--images={SAMPLE}",
+         "--batch=7", "--show=100"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    decoded = np.stack([tf.io.decode_jpeg(open(path, "rb").read()).numpy() for path in JPEGS])
+    probabilities = expected(server, decoded)
+    assert [line.split(": ")[1].split(" (")[0] for line in lines[:-1]] == [choices.CIFAR10_CLASSES[i] for i in probabilities.argmax(1)]
+    accuracy = np.mean(probabilities.argmax(1) == [choices.CIFAR10_CLASSES.index(p.split(os.sep)[-2]) for p in JPEGS])
+    assert lines[-1].startswith(f"{len(JPEGS)} images in") and f"accuracy {accuracy:.2%} on {len(JPEGS)} labelled" in lines[-1]
+    too_many = subprocess.run([sys.executable, client, f"--server={server['base']}", f"--model_name={MODEL}",
+                               f"--images={SAMPLE}", "--batch=17"], capture_output=True, text=True, timeout=300)
+    assert too_many.returncode == 1 and too_many.stderr == "error: HTTP 400: The request holds 17 images; at most 16 per request.\n"
