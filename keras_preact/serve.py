@@ -38,7 +38,7 @@ def _labels(text):
     labels = {}
     for item in filter(None, text.split(",")):
         label, _, version = item.partition("=")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", label) or not version.isdigit() or int(version) < 1:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", label) or not re.fullmatch(r"[1-9][0-9]*", version):
             raise ValueError(f"--version_labels takes LABEL=VERSION pairs such as stable=1,canary=2; got {item!r}.")
         if label in labels:
             raise ValueError(f"--version_labels names {label!r} twice.")

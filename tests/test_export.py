@@ -363,14 +363,15 @@ def test_kill_during_export_never_leaves_a_version_that_cannot_be_served(tmp_pat
 
 
 def export_command(capsys, *arguments):
-    """(exit status, stderr) of `python -m keras_preact.export` run in this process."""
+    """(exit status, stdout, stderr) of `python -m keras_preact.export` run in this process."""
     from keras_preact import export
 
     try:
         status = export.main(list(arguments))
     except SystemExit as stop:
         status = stop.code
-    return status, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
 
 
 def test_export_command_reports_bad_inputs_in_one_line(tmp_path, capsys):
@@ -400,7 +401,7 @@ def test_export_command_reports_bad_inputs_in_one_line(tmp_path, capsys):
     for arguments, message in cases:
         if not any(a.startswith("--export_dir") for a in arguments):
             arguments = [*arguments, f"--export_dir={out}"]
-        status, stderr = export_command(capsys, *arguments)
+        status, _, stderr = export_command(capsys, *arguments)
         assert status == 1 and stderr.startswith("error: ") and stderr.count("\n") == 1 and message in stderr, (arguments, stderr)
     assert not os.path.exists(out)
 
@@ -415,8 +416,8 @@ def test_a_run_with_an_image_folder_exports_its_class_names(tmp_path, capsys):
     (run / "config.json").write_text(json.dumps({"dataset": "cifar10", "depth": 8, "block": "basic", "model_options": {}}))
     names = [f"kind{i}" for i in range(10)]
     (run / "results.json").write_text(json.dumps({"class_names": names}))
-    status, _ = export_command(capsys, f"--model_dir={run}", f"--export_dir={tmp_path / 'serving'}")
-    assert status is None and "class names from the run" in capsys.readouterr().out
+    status, out, _ = export_command(capsys, f"--model_dir={run}", f"--export_dir={tmp_path / 'serving'}")
+    assert status is None and "class names from the run" in out
     encoded = tf.saved_model.load(str(tmp_path / "serving" / "1")).signatures["encoded_images"]
     pixels = np.random.default_rng(6).integers(0, 256, size=(2, 32, 32, 3)).astype(np.uint8)
     served = encoded(images=tf.constant([encode_png(p) for p in pixels]))

@@ -319,7 +319,7 @@ def test_oversized_streams_stalled_uploads_and_stalled_headers_are_cut_off(serve
 
 def test_unparsable_http_gets_json_too(server):
     for data in (f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".encode(),
-                 f"GET /v1/models/{MODEL} HTTP/1.1\r\nHost: x\r\nX-Long: {'a' * 20000}\r\n\r\n".encode()):
+                 b"GARBAGE\r\n\r\n"):
         answer = raw_exchange(server, data)
         assert answer.startswith(b"HTTP/1.1 400") and b'{"error": "Invalid HTTP request received.' in answer, answer
     assert call(server, f"/v1/models/{MODEL}")[0] == 200

@@ -7,7 +7,9 @@ folder left by a killed export is never served and never blocks the next export.
 """
 
 import os
+import re
 
+VERSION = re.compile(r"0|[1-9][0-9]*")  # a version folder's name, as the version prints
 PARTIAL = ".partial-"  # in the name of a version folder being written
 
 
@@ -32,7 +34,7 @@ def versions(export_dir):
     """The numbered version folders of `export_dir`, ascending (complete or not)."""
     if not os.path.isdir(export_dir):
         return []
-    return sorted(int(name) for name in os.listdir(export_dir) if name.isdigit())
+    return sorted(int(name) for name in os.listdir(export_dir) if VERSION.fullmatch(name))
 
 
 def next_version(export_dir):

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from keras_preact.serving.layout import servable_versions
+from keras_preact.serving.layout import VERSION, servable_versions
 
 log = logging.getLogger("keras_preact.serve")
 
@@ -36,6 +36,9 @@ ROUTE = re.compile(
 )
 BYTES_PER_PIXEL_VALUE = 16  # pixels as JSON text: "255, " and room for indentation
 BODY_OVERHEAD = 64 * 1024  # keys, signature name, whitespace
+# Requests parsed and run at once: the parsed JSON of a full body is ≈10x its size, and TensorFlow
+# already spreads one batch over every core; the others wait with their bodies read.
+PARALLEL_REQUESTS = 4
 CLOSE = {"Connection": "close"}  # after a body that was not read to its end
 VALUE_KINDS = {bool: "true/false", float: "a number with a fraction or exponent (or NaN/Infinity)", str: "a string",
                type(None): "null", dict: "an object", list: "a list"}
@@ -146,14 +149,14 @@ class Servable:
             return self.versions[self.labels[label]]
         if version is None:
             return self.versions[self.latest]
-        if not version.isdigit() or int(version) not in self.versions:
+        if not VERSION.fullmatch(version) or int(version) not in self.versions:
             served = ", ".join(map(str, self.versions))
             raise RequestError(404, f"Servable not found for request: Specific({name}, {version}); served versions: {served}.")
         return self.versions[int(version)]
 
 
 def predict(version, body, max_batch):
-    """The response JSON (a dict) for a predict request body, or a RequestError."""
+    """(number of images, the response JSON as a dict) for a predict request body, or a RequestError."""
     import tensorflow as tf
 
     request = _parse_json(body)
@@ -319,10 +322,11 @@ def create_app(export_dir, model_name, max_batch=256, read_timeout=30.0, version
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
-    from starlette.concurrency import run_in_threadpool
+    import anyio
     from starlette.exceptions import HTTPException
 
     servable = Servable(export_dir, version_labels)
+    limiter = anyio.CapacityLimiter(PARALLEL_REQUESTS)
     body_limit = max_batch * servable.image_values() * BYTES_PER_PIXEL_VALUE + BODY_OVERHEAD
     hidden = {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title=f"keras_preact: {model_name}", **({} if docs else hidden))
@@ -352,8 +356,8 @@ def create_app(export_dir, model_name, max_batch=256, read_timeout=30.0, version
                 raise RequestError(405, f"{request.method} is not allowed on :predict; use POST.", {"Allow": "POST"})
             version = servable.resolve(model_name, name, number, label)
             body = await read_body(request, body_limit, read_timeout)
-            # Parsing and inference run in the thread pool, so concurrent requests run side by side.
-            request.state.images, response = await run_in_threadpool(predict, version, body, max_batch)
+            # Parsing and inference run in worker threads, so that concurrent requests run side by side.
+            request.state.images, response = await anyio.to_thread.run_sync(predict, version, body, max_batch, limiter=limiter)
             return response
         if request.method not in ("GET", "HEAD"):
             raise RequestError(
