@@ -24,7 +24,7 @@ def test_preprocess_input_normalises_per_channel(dataset):
     assert isinstance(from_numpy, np.ndarray) and from_numpy.dtype == np.float32
     np.testing.assert_allclose(from_numpy, expected, rtol=1e-6, atol=1e-6)
     from_tensor = keras_preact.preprocess_input(keras.ops.convert_to_tensor(PIXELS), dataset=dataset)
-    assert keras.backend.standardize_dtype(from_tensor.dtype) == "float32"
+    assert keras.ops.is_tensor(from_tensor) and keras.backend.standardize_dtype(from_tensor.dtype) == "float32"
     np.testing.assert_allclose(numpy(from_tensor), expected, rtol=1e-6, atol=1e-6)
     channels_first = keras_preact.preprocess_input(PIXELS.transpose(0, 3, 1, 2), dataset, data_format="channels_first")
     np.testing.assert_allclose(channels_first, expected.transpose(0, 3, 1, 2), rtol=1e-6, atol=1e-6)

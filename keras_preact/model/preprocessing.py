@@ -78,7 +78,8 @@ class Normalize(keras.layers.Layer):
     def call(self, inputs):
         shape = [1] * len(inputs.shape)
         shape[self.axis] = 3
-        mean, std = (np.reshape(np.asarray(v, self.compute_dtype), shape) for v in (self.mean, self.std))
+        # Tensors, not NumPy operands: torch's `tensor - ndarray` gives an ndarray, off the graph.
+        mean, std = (keras.ops.reshape(keras.ops.convert_to_tensor(v, self.compute_dtype), shape) for v in (self.mean, self.std))
         return (keras.ops.cast(inputs, self.compute_dtype) - mean) / std
 
     def compute_output_shape(self, input_shape):
@@ -141,7 +142,7 @@ def preprocess_input(x, dataset="cifar10", data_format=None):
         mean, std = mean[:, None, None], std[:, None, None]
     if as_numpy:
         return ((np.asarray(x, np.float32) - mean) / std).astype(np.float32)
-    return (keras.ops.cast(x, "float32") - mean) / std
+    return (keras.ops.cast(x, "float32") - keras.ops.convert_to_tensor(mean)) / keras.ops.convert_to_tensor(std)
 
 
 def decode_predictions(preds, dataset="cifar10", top=5, class_names=None):

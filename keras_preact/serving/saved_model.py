@@ -282,10 +282,10 @@ def _wrap(bare, target, input_shape, dataset, softmax_output, names, image):
         checked = tf.debugging.Assert(fits, [problem])
         with tf.control_dependencies([checked]):
             pixels = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-        pixels = tf.cast(pixels, tf.float32)
         if shorter is None:
-            return tf.ensure_shape(pixels, [height, width, 3])
-        # The standard evaluation view: shorter side to `shorter`, then the centre crop.
+            return tf.ensure_shape(tf.cast(pixels, tf.float32), [height, width, 3])
+        # The standard evaluation view: shorter side to `shorter`, then the centre crop (resized
+        # from uint8: a float32 copy of a large photo would be 4x its size).
         scale = shorter / tf.cast(tf.reduce_min(size), tf.float32)
         resized = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), [height, width])
         pixels = tf.image.resize(pixels, resized, method="bilinear", antialias=True)
