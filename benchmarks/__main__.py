@@ -166,14 +166,17 @@ def report(records, path, chart):
 
 def rest_report(records):
     """The local REST server's section: pixel JSON against base64 JPEG files."""
-    rest = [r for r in records if r["kind"] == "rest" and "jpeg_latency_ms" in r]
+    rest = [r for r in records if r["kind"] == "rest" and "direct_latency_ms" in r]
     if not rest:
         return []
     r = rest[-1]
     return [
         "", f"## Serving ResNet-{r['depth']} over REST (`python -m keras_preact.serve`, one client)", "",
-        f"Measured {r.get('date', '')} on {r['cpu']}; real CIFAR-10 test JPEGs; median latency over sequential requests.", "",
-        "| request body | bytes per image | latency, batch 1 (ms) | throughput, batch 64 (images/s) |", "|---|---|---|---|",
+        f"Measured {r['date']} on {r['cpu']} (1-minute load average {r['load_average']:.1f} at the end, this run included); real "
+        "CIFAR-10 test JPEGs; medians over sequential requests, the three kinds alternating. Compare rows "
+        "within this table (the one above was measured on another day, on a quieter machine).", "",
+        "| request | bytes per image | latency, batch 1 (ms) | throughput, batch 64 (images/s) |", "|---|---|---|---|",
+        f"| in-process SavedModel call, no HTTP (`serving_default`, uint8) | — | {r['direct_latency_ms']:.1f} | {r['direct_images_per_second']:.0f} |",
         f"| JSON pixels (`serving_default`) | {r['pixels_bytes_per_image']:,.0f} | {r['pixels_latency_ms']:.1f} | {r['pixels_images_per_second']:.0f} |",
         f"| base64 JPEG (`encoded_images`) | {r['jpeg_bytes_per_image']:,.0f} | {r['jpeg_latency_ms']:.1f} | {r['jpeg_images_per_second']:.0f} |",
     ]
