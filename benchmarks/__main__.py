@@ -53,7 +53,7 @@ TARGETS = {  # ResNet-164 training at batch 64, ratio to the faster native PyTor
 }
 
 
-KINDS = ("train", "e2e", "pipeline", "build", "remat", "serving")
+KINDS = ("train", "e2e", "pipeline", "build", "remat", "serving", "rest")
 
 
 def timed(command, env, timeout, cwd=ROOT):
@@ -148,6 +148,8 @@ def run(kinds, quick, repeats, data_dir, out, previous):
                  measure("train", "torch", arguments))
     if "serving" in kinds:
         note("serving", "ResNet-164 SavedModel vs Keras predict", {"depth": 164}, measure("serving", "tensorflow", ["--depth=164"]))
+    if "rest" in kinds:
+        note("rest", "ResNet-164 local REST server", {"depth": 164}, measure("rest", "tensorflow", ["--depth=164", f"--data_dir={data_dir}"]))
     return records
 
 
@@ -219,6 +221,7 @@ def report(records, path, chart):
         lines += ["", "## Serving ResNet-164 (TensorFlow)", "", "| | latency, batch 1 (ms) | throughput, batch 256 (images/s) |", "|---|---|---|",
                   f"| exported SavedModel (`serving_default`, uint8 in) | {s['saved_model_latency_ms']:.1f} | {s['saved_model_images_per_second']:.0f} |",
                   f"| Keras `model.predict` | {s['keras_predict_latency_ms']:.1f} | {s['keras_predict_images_per_second']:.0f} |"]
+    lines += rest_report(records)
     analysis = os.path.join(HERE, "ANALYSIS.md")  # hand-written: what limits each missed target
     if os.path.exists(analysis):
         lines += ["", open(analysis).read().strip()]
@@ -262,6 +265,24 @@ def main_job_section(records):
               f"Training rate in the run / keras_preact's synthetic train step of the same model and batch "
               f"({synthetic:.0f} images/s): **{rate_ratio:.2f}×** (target ≥ 0.9×)."]
     return lines
+
+
+def rest_report(records):
+    """The local REST server's section: pixel JSON against base64 JPEG files."""
+    rest = [r for r in records if r["kind"] == "rest" and "direct_latency_ms" in r]
+    if not rest:
+        return []
+    r = rest[-1]
+    return [
+        "", f"## Serving ResNet-{r['depth']} over REST (`python -m keras_preact.serve`, one client)", "",
+        f"Measured {r['date']} on {r['cpu']} (1-minute load average {r['load_average']:.1f} at the end, this run included); real "
+        "CIFAR-10 test JPEGs; medians over sequential requests, the three kinds alternating. Compare rows "
+        "within this table (the one above was measured on another day, on a quieter machine).", "",
+        "| request | bytes per image | latency, batch 1 (ms) | throughput, batch 64 (images/s) |", "|---|---|---|---|",
+        f"| in-process SavedModel call, no HTTP (`serving_default`, uint8) | — | {r['direct_latency_ms']:.1f} | {r['direct_images_per_second']:.0f} |",
+        f"| JSON pixels (`serving_default`) | {r['pixels_bytes_per_image']:,.0f} | {r['pixels_latency_ms']:.1f} | {r['pixels_images_per_second']:.0f} |",
+        f"| base64 JPEG (`encoded_images`) | {r['jpeg_bytes_per_image']:,.0f} | {r['jpeg_latency_ms']:.1f} | {r['jpeg_images_per_second']:.0f} |",
+    ]
 
 
 def plot(records, depths, path):

@@ -5,6 +5,7 @@
     python -m benchmarks.worker pipeline --data_dir=../shared/data/cifar10-jpeg
     python -m benchmarks.worker build --depth=1001
     python -m benchmarks.worker serving --depth=164
+    python -m benchmarks.worker rest --depth=164 --data_dir=../shared/data/cifar10-jpeg
 """
 
 import argparse
@@ -128,9 +129,102 @@ def serving(args):
             "keras_predict_images_per_second": keras_throughput}
 
 
+def cpu_model():
+    """The CPU's model name and its widest vector instructions, from lscpu."""
+    import subprocess
+
+    info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    isa = [name for name, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("AMX", "amx_tile")) if flag in flags]
+    return f"{fields.get('Model name', 'unknown').strip()} ({', '.join(isa) or 'no AVX2'}), {os.cpu_count()} cores"
+
+
+def rest(args):
+    """The local REST server (`python -m keras_preact.serve`) on ResNet-`depth`, one client: median
+    latency of one image and throughput at batch 64, as JSON pixels and as base64 JPEG files of the
+    test folder (request bodies built beforehand)."""
+    import base64
+    import glob
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import urllib.request
+
+    import keras_preact
+
+    export_dir = tempfile.mkdtemp()
+    keras_preact.export_saved_model(keras_preact.PreActResNet(args.depth, block=default_block(args.depth)), export_dir)
+    files = sorted(glob.glob(os.path.join(args.data_dir, "test", "*", "*.jpg")))[:64]
+    if len(files) < 64:  # the 60-image sample that ships with the tests, repeated
+        sample = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "tests", "data", "cifar10-sample", "test", "*", "*.jpg")))
+        files = (sample * 2)[:64]
+    import tensorflow as tf
+
+    jpegs = [open(f, "rb").read() for f in files]
+    pixels = [tf.io.decode_jpeg(data).numpy().tolist() for data in jpegs]
+    bodies = {
+        "pixels": lambda n: json.dumps({"instances": pixels[:n]}).encode(),
+        "jpeg": lambda n: json.dumps({"signature_name": "encoded_images",
+                                      "instances": [{"b64": base64.b64encode(d).decode()} for d in jpegs[:n]]}).encode(),
+    }
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "keras_preact.serve", f"--export_dir={export_dir}", "--model_name=m", f"--port={port}",
+         "--max_batch=64"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1/models/m:predict"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/m", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+
+        def post(body):
+            with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=120) as response:
+                assert response.status == 200 and response.read()
+
+        # The same SavedModel called in this process, without HTTP and JSON: the server's overhead.
+        signature = tf.saved_model.load(os.path.join(export_dir, "1")).signatures["serving_default"]
+        uint8 = np.asarray(pixels, np.uint8)
+
+        def call(batch):
+            return lambda: signature(images=tf.constant(uint8[:batch]))
+
+        result = {"cpu": cpu_model(), "depth": args.depth, "date": time.strftime("%Y-%m-%d"),
+                  "load_average": os.getloadavg()[0]}
+        # The kinds alternate request by request, so that load from elsewhere hits them alike.
+        for batch, repeats in ((1, 5 * args.steps), (64, args.steps)):
+            requests = {kind: (lambda b=body(batch): post(b)) for kind, body in bodies.items()}
+            requests["direct"] = call(batch)
+            times = {kind: [] for kind in requests}
+            for step in range(2 + repeats):
+                for kind, request in requests.items():
+                    started = time.perf_counter()
+                    request()
+                    if step >= 2:
+                        times[kind].append(time.perf_counter() - started)
+            for kind in requests:
+                median = float(np.median(times[kind]))
+                if batch == 1:
+                    result[f"{kind}_latency_ms"] = 1000 * median
+                else:
+                    result[f"{kind}_images_per_second"] = batch / median
+        result.update({f"{kind}_bytes_per_image": len(body(64)) / 64 for kind, body in bodies.items()})
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("task", choices=["train", "pipeline", "build", "serving"])
+    parser.add_argument("task", choices=["train", "pipeline", "build", "serving", "rest"])
     parser.add_argument("--impl", choices=["keras", "torch"], default="keras")
     parser.add_argument("--depth", type=int, default=164)
     parser.add_argument("--batch", type=int, default=64)
@@ -145,7 +239,7 @@ def main():
     if args.task == "train":
         result = train_torch(args) if args.impl == "torch" else train_keras(args)
     else:
-        result = {"pipeline": pipeline, "build": build, "serving": serving}[args.task](args)
+        result = {"pipeline": pipeline, "build": build, "serving": serving, "rest": rest}[args.task](args)
     result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 

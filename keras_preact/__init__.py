@@ -27,6 +27,7 @@ from keras_preact.model.builders import (
     ResNet1001,
 )
 from keras_preact.model.layers import BatchNorm, Conv2D
+from keras_preact.model.preprocessing import decode_predictions, preprocess_input
 from keras_preact.model.units import ResidualUnit
 from keras_preact.serving.saved_model import export_onnx, export_saved_model
 
@@ -38,9 +39,11 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchNorm",
     "Conv2D",
+    "decode_predictions",
     "export_onnx",
     "export_saved_model",
     "PreActResNet",
+    "preprocess_input",
     "ResidualUnit",
     "ResNet50",
     "ResNet101",

@@ -80,8 +80,11 @@ class Dataset:
     mean: tuple  # per channel, on 0-255 pixels
     std: tuple
     image_size: int  # the side of the square images the model takes
-    class_names: tuple = None  # None: not shipped (the model's outputs are class indices)
+    class_names: tuple = None  # None: see `model.preprocessing.class_names`
     trainable: bool = False  # `training.run` has a source for it
+    # Encoded images (JPEG/PNG) for serving: None takes them at exactly the model's size; a side
+    # length resizes the shorter side to it (scaled with the model's size), then centre-crops.
+    resize: int = None
 
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -104,7 +107,8 @@ DATASETS = Choices(
         "cifar10": Dataset(10, (125.3, 123.0, 113.9), (63.0, 62.1, 66.7), 32, CIFAR10_CLASSES, True),
         "cifar100": Dataset(100, (129.3, 124.1, 112.4), (68.2, 65.4, 70.4), 32, CIFAR100_CLASSES, True),
         # fb.resnet.torch's ImageNet constants (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) x 255.
-        "imagenet": Dataset(1000, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), 224),
+        # Class names: keras_preact/model/imagenet_classes.tsv. Photos: shorter side 256, centre 224.
+        "imagenet": Dataset(1000, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), 224, resize=256),
     },
 )
 TRAINING_DATASETS = Choices("dataset", {name: d for name, d in DATASETS.items() if d.trainable})

@@ -4,11 +4,13 @@
     python -m keras_preact.export --weights model.weights.h5 --depth 110 --export_dir serving/resnet110
 
 The model is rebuilt from the run's `config.json` (or the flags) with `training.build_model`, the
-same function training used; every bad input is reported in one line, before any work.
+same function training used; the class names are the run's (`results.json`, e.g. an image folder's
+class folders) or the dataset's. Every bad input is reported in one line, before any work.
 """
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 
@@ -35,16 +37,33 @@ def _run_weights(model_dir):
     raise FileNotFoundError(f"{model_dir} has no model.weights.h5 or checkpoint.weights.h5 yet.")
 
 
+def _run_class_names(model_dir):
+    """The class names a finished run saved in results.json; None (the dataset's) without one."""
+    path = os.path.join(model_dir, "results.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            names = json.load(f).get("class_names")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
+        raise ValueError(f"{path} is not a readable results file (JSON object): {error}.") from None
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{path}: class_names must be a list of strings, got {names!r}.")
+    return names
+
+
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
     if not args.model_dir and (args.depth is None or args.weights is None):
         parser.error("give --model_dir, or --weights with --depth")
     from keras_preact.serving.layout import check_export_dir, next_version, versions
-    from keras_preact.serving.saved_model import SIGNATURE, export_saved_model
+    from keras_preact.serving.saved_model import ENCODED_SIGNATURE, SIGNATURE, export_saved_model
     from keras_preact.training.config import RunConfig, build_model
 
     try:
+        if args.version is not None:
+            choices.check_count("--version", args.version)
         check_export_dir(args.export_dir)
         version = next_version(args.export_dir) if args.version is None else args.version
         if version in versions(args.export_dir):
@@ -57,10 +76,16 @@ def main(argv=None):
         # Served in float32 whatever the training precision; the weights are float32 either way.
         config = dataclasses.replace(config, mixed_precision="none", **flags).resolved()
         weights = args.weights or _run_weights(args.model_dir)
-        path = export_saved_model(build_model(config, weights=weights), args.export_dir, config.dataset, version)
+        names = _run_class_names(args.model_dir) if args.model_dir else None
+        model = build_model(config, weights=weights)
+        path = export_saved_model(model, args.export_dir, config.dataset, version, class_names=names)
     except (ValueError, OSError, RuntimeError) as error:
         parser.exit(1, f"error: {error}\n")
-    print(f"SavedModel written to {path} (signature {SIGNATURE!r}: images uint8 -> probabilities, classes)")
+    print(
+        f"SavedModel written to {path}: signatures {SIGNATURE!r} (uint8 images -> probabilities, classes) and "
+        f"{ENCODED_SIGNATURE!r} (JPEG/PNG files -> probabilities, classes, class_names); class names from "
+        f"{'the run' if names else 'dataset ' + repr(config.dataset)}"
+    )
 
 
 if __name__ == "__main__":

@@ -3,36 +3,138 @@
     python -m keras_preact.serve --export_dir serving/resnet164 --port 8501 --model_name resnet164
 
 Needs TensorFlow, FastAPI and uvicorn (the `[serve]` extra); the application is
-`keras_preact.serving.rest.create_app`.
+`keras_preact.serving.rest.create_app`. Every flag is checked before the model loads, and every
+problem at start is one line on stderr and exit status 1.
 """
 
 import argparse
+import json
 import logging
+import re
+import socket
 import sys
+
+from keras_preact import choices
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="python -m keras_preact.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--export_dir", required=True, help="the model's base directory (holding version folders)")
+    parser.add_argument("--model_name", required=True, help="the NAME in /v1/models/NAME")
+    parser.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default (1-65535)")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--max_batch", type=int, default=256, help="most images per request; sets the body limit")
+    parser.add_argument(
+        "--read_timeout", type=float, default=30.0, help="seconds a request's headers, and then its body, may take to arrive"
+    )
+    parser.add_argument(
+        "--version_labels", default="", help="LABEL=VERSION,... : also serve these versions at /labels/LABEL"
+    )
+    parser.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json (off by default)")
+    return parser
+
+
+def _labels(text):
+    labels = {}
+    for item in filter(None, text.split(",")):
+        label, _, version = item.partition("=")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", label) or not re.fullmatch(r"[1-9][0-9]*", version):
+            raise ValueError(f"--version_labels takes LABEL=VERSION pairs such as stable=1,canary=2; got {item!r}.")
+        if label in labels:
+            raise ValueError(f"--version_labels names {label!r} twice.")
+        labels[label] = int(version)
+    return labels
+
+
+def _check(args):
+    """The flags' problems as a ValueError, before anything loads."""
+    if not re.fullmatch(r"[^/:\s]+", args.model_name):
+        raise ValueError(f"--model_name must be a non-empty name without '/', ':' or spaces, got {args.model_name!r}.")
+    choices.check_count("--max_batch", args.max_batch)
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be from 1 to 65535, got {args.port}.")
+    choices.check_number("--read_timeout", args.read_timeout, low=0.001)
+    return _labels(args.version_labels)
+
+
+def _bind(host, port):
+    """A listening socket on (host, port), so that a taken port or an unknown host fails in one line."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+    except OSError as error:
+        raise OSError(f"Cannot listen on {host}:{port}: {error.strerror or error}.") from None
+    return listener
+
+
+def _protocol(timeout):
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose request headers have not come within
+    `timeout` seconds (checked each `timeout`: a connection with no new request between two checks
+    while awaiting headers goes), and answering unparsable requests with JSON. uvicorn itself waits
+    for ever; the body's timeout is the app's."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._checked_cycle = None
+            self._watch = self.loop.call_later(timeout, self._check_headers)
+
+        def _check_headers(self):
+            if self.transport.is_closing():
+                return
+            if self.conn.their_state is h11.IDLE and self.cycle is self._checked_cycle:
+                self.transport.close()
+                return
+            self._checked_cycle = self.cycle
+            self._watch = self.loop.call_later(timeout, self._check_headers)
+
+        def connection_lost(self, exc):
+            self._watch.cancel()
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg):
+            # What h11 cannot parse (a bad Content-Length, headers over 16 KiB) gets {"error"} too.
+            body = json.dumps({"error": f"{msg} (HTTP/1.1 could not be parsed)"}).encode()
+            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return Protocol
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m keras_preact.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--export_dir", required=True, help="the model's base directory (holding version folders)")
-    parser.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default")
-    parser.add_argument("--model_name", required=True, help="the NAME in /v1/models/NAME")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--max_batch", type=int, default=256, help="most images per request")
+    parser = _parser()
     args = parser.parse_args(argv)
+    try:
+        labels = _check(args)
+    except ValueError as problem:
+        parser.exit(1, f"error: {problem}\n")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import uvicorn
 
     from keras_preact.serving.rest import create_app, log
 
+    listener = None
     try:
-        app = create_app(args.export_dir, args.model_name, args.max_batch)
-    except (FileNotFoundError, ValueError) as problem:
+        listener = _bind(args.host, args.port)
+        app = create_app(args.export_dir, args.model_name, args.max_batch, args.read_timeout, labels, args.docs)
+    except (OSError, ValueError) as problem:
+        if listener is not None:
+            listener.close()
         parser.exit(1, f"error: {problem}\n")
+    servable = app.state.servable
     log.info(
-        "Serving %s version %d as %r on http://%s:%d",
-        args.export_dir, app.state.servable.version, args.model_name, args.host, args.port,
+        "Serving %s version %d%s as %r on http://%s:%d (at most %d images, %s bytes a request)",
+        args.export_dir, servable.latest, "".join(f", {k}={v}" for k, v in labels.items()), args.model_name,
+        args.host, args.port, args.max_batch, f"{app.state.body_limit:,}",
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, http=_protocol(args.read_timeout), log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 if __name__ == "__main__":

@@ -34,3 +34,21 @@ def test_worker_measures_a_training_step(arguments):
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["images_per_second"] > 0 and record["peak_rss_mb"] > 0
+
+
+def test_worker_measures_the_rest_server():
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the server is TensorFlow whatever the backend; one run is enough")
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker", "rest", "--depth=8", "--steps=1", "--data_dir=/nonexistent"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    for kind in ("pixels", "jpeg"):
+        assert record[f"{kind}_latency_ms"] > 0 and record[f"{kind}_images_per_second"] > 0
+    assert record["jpeg_bytes_per_image"] < record["pixels_bytes_per_image"] / 5  # what base64 JPEG saves
+    assert "cores" in record["cpu"]

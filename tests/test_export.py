@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -156,3 +158,284 @@ def test_onnx_export_matches_keras(tmp_path):
 def test_onnx_needs_onnx_file_name(tmp_path):
     with pytest.raises(ValueError, match="must end in .onnx"):
         keras_preact.export_onnx(keras_preact.PreActResNet(8, block="basic"), str(tmp_path / "model.pb"))
+
+
+# --- the encoded-image signature -----------------------------------------------------------------
+
+SAMPLE = os.path.join(os.path.dirname(__file__), "data", "cifar10-sample", "test")
+JPEGS = sorted(os.path.join(SAMPLE, c, f) for c in sorted(os.listdir(SAMPLE)) for f in sorted(os.listdir(os.path.join(SAMPLE, c))))
+
+
+def encode_png(pixels):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_encoded_jpegs_give_the_keras_models_predictions(tmp_path):
+    import tensorflow as tf
+
+    model = keras_preact.PreActResNet(8, block="basic")
+    randomize_batch_norms(model)
+    path = keras_preact.export_saved_model(model, str(tmp_path), version=1)
+    signatures = tf.saved_model.load(path).signatures
+    assert set(signatures) == {"serving_default", "encoded_images"}
+    files = [open(f, "rb").read() for f in JPEGS[::3]]  # one JPEG of each class
+    outputs = signatures["encoded_images"](images=tf.constant(files))
+    decoded = np.stack([tf.io.decode_jpeg(f).numpy() for f in files])  # the same decoder as training
+    expected = numpy(model(keras_preact.preprocess_input(decoded)))
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5)
+    assert outputs["classes"].numpy().tolist() == expected.argmax(axis=1).tolist()
+    assert [n.decode() for n in outputs["class_names"].numpy()] == [choices.CIFAR10_CLASSES[i] for i in expected.argmax(axis=1)]
+    # The same images as uint8 pixels through serving_default: the same answer.
+    pixels = signatures["serving_default"](images=tf.constant(decoded))
+    np.testing.assert_allclose(pixels["probabilities"].numpy(), outputs["probabilities"].numpy(), atol=1e-6)
+    # A PNG of the same pixels is lossless: the same answer as its pixels.
+    png = signatures["encoded_images"](images=tf.constant([encode_png(decoded[0])]))
+    np.testing.assert_allclose(png["probabilities"].numpy(), expected[:1], atol=1e-5)
+
+
+def test_encoded_images_are_checked(tmp_path):
+    import tensorflow as tf
+
+    path = keras_preact.export_saved_model(keras_preact.PreActResNet(8, block="basic"), str(tmp_path))
+    encoded = tf.saved_model.load(path).signatures["encoded_images"]
+    good = open(JPEGS[0], "rb").read()
+    gray = encode_png(np.full((32, 32), 7, np.uint8))  # grey and RGBA files decode to RGB
+    rgba = encode_png(np.full((32, 32, 4), 7, np.uint8))
+    assert encoded(images=tf.constant([good, gray, rgba]))["probabilities"].shape == (3, 10)
+    for bad, message in [
+        (encode_png(np.zeros((30, 40, 3), np.uint8)), "Image 1 is 40x30 pixels (width x height); this model takes exactly 32x32"),
+        (b"GIF89a", "Image 1 is not a JPEG or PNG file."),
+        (b"", "Image 1 is not a JPEG or PNG file."),
+        (good[:100], "Invalid JPEG data"),
+    ]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
+            encoded(images=tf.constant([good, bad]))
+
+
+def test_imagenet_builder_exports_with_resize_and_centre_crop(tmp_path):
+    """ResNet50 (here at 64x64 to keep it short): ImageNet constants, 1000 names, shorter side
+    64·256/224 = 73, centre crop 64."""
+    import tensorflow as tf
+
+    model = keras_preact.ResNet50(input_shape=(64, 64, 3))
+    path = keras_preact.export_saved_model(model, str(tmp_path), dataset="imagenet")
+    encoded = tf.saved_model.load(path).signatures["encoded_images"]
+    image = np.random.default_rng(3).integers(0, 256, size=(90, 120, 3)).astype(np.uint8)  # 120 wide, 90 high
+    outputs = encoded(images=tf.constant([encode_png(image)]))
+    resized = tf.image.resize(image.astype(np.float32), [73, 97], method="bilinear", antialias=True).numpy()
+    crop = resized[4:68, 16:80]  # (73 - 64) // 2, (97 - 64) // 2
+    expected = numpy(model(keras_preact.preprocess_input(crop[None], "imagenet")))
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5)
+    assert outputs["class_names"].numpy()[0].decode() == keras_preact.decode_predictions(expected, "imagenet", top=1)[0][0][1]
+
+
+def test_custom_normalisation_and_class_names(tmp_path):
+    import tensorflow as tf
+
+    mean, std = (100.0, 110.0, 120.0), (50.0, 60.0, 70.0)
+    model = keras_preact.PreActResNet(8, block="basic", classes=3)
+    randomize_batch_norms(model)
+    path = keras_preact.export_saved_model(model, str(tmp_path), dataset=(mean, std), class_names=["cat", "dog", "cow"])
+    signatures = tf.saved_model.load(path).signatures
+    pixels = np.random.default_rng(4).integers(0, 256, size=(4, 32, 32, 3)).astype(np.uint8)
+    expected = numpy(model(keras_preact.preprocess_input(pixels, (mean, std))))
+    np.testing.assert_allclose(signatures["serving_default"](images=tf.constant(pixels))["probabilities"].numpy(), expected, atol=1e-5)
+    names = signatures["encoded_images"](images=tf.constant([encode_png(p) for p in pixels]))["class_names"].numpy()
+    assert [n.decode() for n in names] == [["cat", "dog", "cow"][i] for i in expected.argmax(axis=1)]
+    unnamed = keras_preact.export_saved_model(model, str(tmp_path), dataset=(mean, std), version=2)
+    names = tf.saved_model.load(unnamed).signatures["encoded_images"](images=tf.constant([encode_png(pixels[0])]))["class_names"]
+    assert names.numpy()[0].decode() == str(expected[0].argmax())
+
+
+def test_a_model_with_include_preprocessing_is_normalised_once(tmp_path):
+    import tensorflow as tf
+
+    model = keras_preact.PreActResNet(8, block="basic", classes=100, include_preprocessing=True)
+    randomize_batch_norms(model)
+    path = keras_preact.export_saved_model(model, str(tmp_path), dataset="cifar100")
+    pixels = np.random.default_rng(5).integers(0, 256, size=(3, 32, 32, 3)).astype(np.uint8)
+    served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(pixels))["probabilities"]
+    np.testing.assert_allclose(served.numpy(), numpy(model(pixels.astype("float32"))), atol=1e-5)
+    with pytest.raises(ValueError, match=r"normalises its input itself \(include_preprocessing\) with mean \[129.3"):
+        keras_preact.export_saved_model(model, str(tmp_path), dataset=((0, 0, 0), (1, 1, 1)), version=2)
+    onnx_path = pytest.importorskip("onnxruntime") and keras_preact.export_onnx(model, str(tmp_path / "m.onnx"), "cifar100")
+    import onnxruntime
+
+    onnx = onnxruntime.InferenceSession(onnx_path).run(None, {"images": pixels.astype(np.float32)})[0]
+    np.testing.assert_allclose(onnx, served.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"class_names": ["a"] * 9}, ValueError, "9 class_names for a model of 10 classes"),
+        ({"class_names": ["a"] * 9 + [""]}, ValueError, "class_names must be a list of non-empty strings"),
+        ({"dataset": ((1, 2), (3, 4))}, ValueError, "3 finite numbers each"),
+        ({"dataset": "imagenet"}, ValueError, "has 10 classes but dataset='imagenet' has 1000"),
+    ],
+)
+def test_bad_class_names_and_normalisation(tmp_path, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        keras_preact.export_saved_model(keras_preact.PreActResNet(8, block="basic"), str(tmp_path), **kwargs)
+    assert os.listdir(tmp_path) == []  # checked before any work
+
+
+def test_export_dir_must_be_a_writable_folder(tmp_path):
+    model = keras_preact.PreActResNet(8, block="basic")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        keras_preact.export_saved_model(model, str(tmp_path / "file"))
+    with pytest.raises(NotADirectoryError, match="lies under the file"):
+        keras_preact.export_saved_model(model, str(tmp_path / "file" / "sub"))
+
+
+def test_incomplete_version_folder_is_named_and_skipped(tmp_path):
+    from keras_preact.serving.layout import next_version, servable_versions
+
+    model = keras_preact.PreActResNet(8, block="basic")
+    (tmp_path / "1").mkdir()  # e.g. copied half-way
+    with pytest.raises(FileExistsError, match=r"1 holds an incomplete export \(no saved_model.pb\): remove it"):
+        keras_preact.export_saved_model(model, str(tmp_path), version=1)
+    (tmp_path / ".3.partial-0123").mkdir()
+    path = keras_preact.export_saved_model(model, str(tmp_path), version=next_version(str(tmp_path)))
+    assert path.endswith(os.sep + "2") and oct(os.stat(path).st_mode & 0o777) == oct(0o777 & ~current_umask())
+    assert servable_versions(str(tmp_path)) == (
+        [2], [("1", "no saved_model.pb"), (".3.partial-0123", "an export that did not finish (safe to delete)")]
+    )
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --- kill -9 during export (TensorFlow backend: the rename is the same on every backend) ----------
+
+EXPORT_FOREVER = """
+import sys, keras_preact
+from keras_preact.serving.layout import next_version
+model = keras_preact.PreActResNet(8, block="basic")
+while True:
+    version = next_version(sys.argv[1])
+    print("exporting", version, flush=True)
+    keras_preact.export_saved_model(model, sys.argv[1], version=version)
+"""
+
+
+def test_kill_during_export_never_leaves_a_version_that_cannot_be_served(tmp_path):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("one backend is enough: the folder handling is backend-independent (and slow to start)")
+    import random
+
+    from keras_preact.serving.layout import incomplete, servable_versions, versions
+    from keras_preact.serving.rest import Servable
+
+    export_dir = str(tmp_path / "serving")
+    keras_preact.export_saved_model(keras_preact.PreActResNet(8, block="basic"), export_dir, version=1)
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    rng = random.Random(0)
+    for _ in range(10):
+        child = subprocess.Popen([sys.executable, "-c", EXPORT_FOREVER, export_dir], stdout=subprocess.PIPE, env=env, text=True)
+        assert child.stdout.readline().startswith("exporting")
+        time.sleep(rng.uniform(0.0, 6.0))  # the first export in a process takes ≈3-5 s here
+        child.kill()
+        child.wait()
+        child.stdout.close()
+        complete, skipped = servable_versions(export_dir)
+        assert all(incomplete(os.path.join(export_dir, str(v))) is None for v in versions(export_dir))
+        assert all(".partial-" in name for name, _ in skipped)
+        servable = Servable(export_dir)  # what the server does at start
+        assert servable.latest == complete[-1]
+        images = np.zeros((1, 32, 32, 3), np.uint8)
+        assert servable.versions[servable.latest].signatures["serving_default"](images=images)["classes"].shape == (1,)
+    assert skipped, "no kill landed during an export"
+    assert complete == list(range(1, len(complete) + 1))  # a partial folder never blocked the next export
+
+
+# --- the export command: bad inputs are one line, before any work ---------------------------------
+
+
+def export_command(capsys, *arguments):
+    """(exit status, stdout, stderr) of `python -m keras_preact.export` run in this process."""
+    from keras_preact import export
+
+    try:
+        status = export.main(list(arguments))
+    except SystemExit as stop:
+        status = stop.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_export_command_reports_bad_inputs_in_one_line(tmp_path, capsys):
+    def run_dir(name, config=None, weights=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        if config is not None:
+            (folder / "config.json").write_text(config)
+        if weights is not None:
+            (folder / "model.weights.h5").write_bytes(weights)
+        return str(folder)
+
+    good_config = json.dumps({"dataset": "cifar10", "depth": 8, "block": "basic", "model_options": {}})
+    (tmp_path / "a_file").write_text("x")
+    out = str(tmp_path / "out")
+    corrupt = run_dir("corrupt", '{"dataset": ')
+    no_depth = run_dir("nodepth", json.dumps({"dataset": "cifar10", "block": "basic"}))
+    cases = [
+        ([f"--model_dir={corrupt}"], "config.json is not a readable run configuration (JSON)"),
+        ([f"--model_dir={no_depth}"], "config.json lacks depth"),
+        ([f"--model_dir={run_dir('badweights', good_config, b'not HDF5')}"], "is not a readable Keras weights file (HDF5)"),
+        ([f"--model_dir={run_dir('noweights', good_config)}"], "has no model.weights.h5 or checkpoint.weights.h5"),
+        ([f"--model_dir={tmp_path / 'missing'}"], "config.json does not exist"),
+        ([f"--model_dir={run_dir('good', good_config)}", f"--export_dir={tmp_path / 'a_file'}"], "is a file; pass a folder"),
+        ([f"--model_dir={tmp_path / 'good'}", "--version=0"], "--version must be a positive integer, got 0"),
+    ]
+    for arguments, message in cases:
+        if not any(a.startswith("--export_dir") for a in arguments):
+            arguments = [*arguments, f"--export_dir={out}"]
+        status, _, stderr = export_command(capsys, *arguments)
+        assert status == 1 and stderr.startswith("error: ") and stderr.count("\n") == 1 and message in stderr, (arguments, stderr)
+    assert not os.path.exists(out)
+
+
+def test_a_run_with_an_image_folder_exports_its_class_names(tmp_path, capsys):
+    import tensorflow as tf
+
+    model = keras_preact.PreActResNet(8, block="basic")
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save_weights(str(run / "model.weights.h5"))
+    (run / "config.json").write_text(json.dumps({"dataset": "cifar10", "depth": 8, "block": "basic", "model_options": {}}))
+    names = [f"kind{i}" for i in range(10)]
+    (run / "results.json").write_text(json.dumps({"class_names": names}))
+    status, out, _ = export_command(capsys, f"--model_dir={run}", f"--export_dir={tmp_path / 'serving'}")
+    assert status is None and "class names from the run" in out
+    encoded = tf.saved_model.load(str(tmp_path / "serving" / "1")).signatures["encoded_images"]
+    pixels = np.random.default_rng(6).integers(0, 256, size=(2, 32, 32, 3)).astype(np.uint8)
+    served = encoded(images=tf.constant([encode_png(p) for p in pixels]))
+    expected = keras_probabilities(model, pixels).argmax(axis=1)
+    assert [n.decode() for n in served["class_names"].numpy()] == [names[i] for i in expected]
+
+
+def test_cifar_example_refuses_an_export_dir_that_is_a_file_before_training(tmp_path):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the check is the same on every backend; one process start is enough")
+    (tmp_path / "a_file").write_text("x")
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "cifar.py")
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "cifar10-sample")
+    result = subprocess.run(
+        [sys.executable, example, f"--data_dir={data}", "--depth=8", "--block=basic", "--epochs=1", "--batch_size=10",
+         f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'a_file'}"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "export_dir" in result.stderr and "is a file" in result.stderr
+    assert not os.path.exists(tmp_path / "run")  # nothing trained, nothing written

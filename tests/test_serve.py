@@ -1,6 +1,12 @@
-"""The local TF-Serving-compatible server, over real HTTP on the loopback interface."""
+"""The local TF-Serving-compatible server, over real HTTP on the loopback interface.
 
+The server runs TensorFlow alone whatever KERAS_BACKEND says, so these tests run on the TensorFlow
+backend only; the exports they serve are tested on every backend in test_export.py.
+"""
+
+import base64
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -10,53 +16,78 @@ import time
 import urllib.error
 import urllib.request
 
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from helpers import numpy, randomize_batch_norms
 
 import keras_preact
-from keras_preact.serving.rest import BadRequest, parse_images
+from keras_preact import choices
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="the server runs TensorFlow alone, whatever the Keras backend"
+)
 
 MODEL = "preact"
+MAX_BATCH = 16
+READ_TIMEOUT = 2
+SAMPLE = os.path.join(os.path.dirname(__file__), "data", "cifar10-sample", "test")
+JPEGS = sorted(os.path.join(SAMPLE, c, f) for c in sorted(os.listdir(SAMPLE)) for f in sorted(os.listdir(os.path.join(SAMPLE, c))))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_up(base, process, log_path):
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{base}/v1/models/{MODEL}", timeout=2)
+            return
+        except OSError:
+            assert process.poll() is None, open(log_path).read()
+            time.sleep(0.3)
+    raise TimeoutError(open(log_path).read())
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """Versions 1 and 2 (different weights), a version 3 without saved_model.pb and an interrupted
+    export's partial folder: the server must serve 2, and 1 under the label "stable"."""
     export_dir = str(tmp_path_factory.mktemp("serving"))
-    keras_preact.export_saved_model(keras_preact.PreActResNet(8, block="basic"), export_dir, version=2)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    models = {}
+    for version in (1, 2):
+        models[version] = keras_preact.PreActResNet(8, block="basic")
+        randomize_batch_norms(models[version], seed=version)
+        keras_preact.export_saved_model(models[version], export_dir, version=version)
+    os.makedirs(os.path.join(export_dir, "3", "variables"))
+    os.makedirs(os.path.join(export_dir, ".4.partial-abc"))
+    port = free_port()
     log_path = os.path.join(export_dir, "server.log")
     log = open(log_path, "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "keras_preact.serve", f"--export_dir={export_dir}", f"--port={port}",
-         f"--model_name={MODEL}", "--max_batch=16"],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+         f"--model_name={MODEL}", f"--max_batch={MAX_BATCH}", f"--read_timeout={READ_TIMEOUT}", "--version_labels=stable=1"],
+        stdout=log, stderr=subprocess.STDOUT, env=ENV,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{base}/v1/models/{MODEL}", timeout=2)
-            break
-        except OSError:
-            assert process.poll() is None, open(log_path).read()
-            time.sleep(0.3)
-    signature = tf.saved_model.load(os.path.join(export_dir, "2")).signatures["serving_default"]
-    yield {"base": base, "signature": signature, "log": log_path}
+    wait_until_up(base, process, log_path)
+    yield {"base": base, "port": port, "models": models, "log": log_path, "process": process}
     process.terminate()
     process.wait(timeout=30)
     log.close()
 
 
-def call(server, path, body=None, method=None):
+def call(server, path, body=None, method=None, headers=None):
     """(status, parsed JSON) of one HTTP request."""
     data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    request = urllib.request.Request(server["base"] + path, data=data, method=method)
+    request = urllib.request.Request(server["base"] + path, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -64,67 +95,249 @@ def call(server, path, body=None, method=None):
         return error.code, json.loads(error.read())
 
 
-def expected(server, images):
-    out = server["signature"](images=tf.constant(images, tf.uint8))
-    return out["probabilities"].numpy(), out["classes"].numpy()
+def raw_exchange(server, data, wait=30):
+    """What the server sends back (until it closes or `wait` s pass) for raw bytes from a client."""
+    with socket.create_connection(("127.0.0.1", server["port"])) as connection:
+        connection.sendall(data)
+        connection.settimeout(wait)
+        received = b""
+        try:
+            while chunk := connection.recv(65536):
+                received += chunk
+        except socket.timeout:
+            received += b"<still open>"
+        return received
+
+
+def expected(server, images, version=2):
+    """The Keras model's probabilities on uint8 `images`."""
+    return numpy(server["models"][version](keras_preact.preprocess_input(images)))
 
 
 def images(count, seed):
     return np.random.default_rng(seed).integers(0, 256, size=(count, 32, 32, 3)).astype(np.uint8)
 
 
-def test_status(server):
-    status, body = call(server, f"/v1/models/{MODEL}")
-    assert status == 200
-    assert body == {"model_version_status": [{"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
-    assert call(server, "/v1/models/other")[0] == 404
+def b64(data):
+    return {"b64": base64.b64encode(data).decode()}
 
 
-def test_row_format(server):
+def png(pixels):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_status_versions_and_labels(server):
+    available = {"state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+    assert call(server, f"/v1/models/{MODEL}") == (
+        200, {"model_version_status": [{"version": "2", **available}, {"version": "1", **available}]}
+    )
+    assert call(server, f"/v1/models/{MODEL}/versions/1") == (200, {"model_version_status": [{"version": "1", **available}]})
+    assert call(server, f"/v1/models/{MODEL}/labels/stable") == (200, {"model_version_status": [{"version": "1", **available}]})
+    log = open(server["log"]).read()
+    assert "Skipping" in log and f"{os.sep}3: no saved_model.pb" in log
+    assert ".4.partial-abc: an export that did not finish" in log
+
+
+def test_predict_on_latest_version_and_label(server):
     batch = images(3, 0)
-    status, body = call(server, f"/v1/models/{MODEL}:predict", {"instances": batch.tolist()})
-    assert status == 200
-    probabilities, classes = expected(server, batch)
-    assert [p["classes"] for p in body["predictions"]] == classes.tolist()
-    np.testing.assert_allclose([p["probabilities"] for p in body["predictions"]], probabilities, atol=1e-6)
-    named = call(server, f"/v1/models/{MODEL}:predict", {"instances": [{"images": batch[0].tolist()}]})[1]
-    assert named["predictions"][0]["classes"] == classes[0]
+    for path, version in [(":predict", 2), (":PREDICT", 2), ("/versions/2:Predict", 2), ("/versions/1:predict", 1),
+                          ("/labels/stable:predict", 1)]:
+        status, body = call(server, f"/v1/models/{MODEL}{path}", {"instances": batch.tolist()})
+        assert status == 200, body
+        probabilities = expected(server, batch, version)
+        assert [p["classes"] for p in body["predictions"]] == probabilities.argmax(axis=1).tolist()
+        np.testing.assert_allclose([p["probabilities"] for p in body["predictions"]], probabilities, atol=1e-5)
 
 
-def test_columnar_format(server):
+def test_row_and_columnar_formats(server):
     batch = images(2, 1)
-    probabilities, classes = expected(server, batch)
+    probabilities = expected(server, batch)
+    named = call(server, f"/v1/models/{MODEL}:predict", {"instances": [{"images": image.tolist()} for image in batch]})[1]
+    np.testing.assert_allclose([p["probabilities"] for p in named["predictions"]], probabilities, atol=1e-5)
     for inputs in (batch.tolist(), {"images": batch.tolist()}):
         status, body = call(server, f"/v1/models/{MODEL}:predict", {"inputs": inputs})
         assert status == 200
-        assert body["outputs"]["classes"] == classes.tolist()
-        np.testing.assert_allclose(body["outputs"]["probabilities"], probabilities, atol=1e-6)
+        assert body["outputs"]["classes"] == probabilities.argmax(axis=1).tolist()
+        np.testing.assert_allclose(body["outputs"]["probabilities"], probabilities, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "body, message",
-    [
-        (b"{not json", "Malformed JSON"),
-        ({"images": []}, 'exactly one of "instances" (row format) or "inputs"'),
-        ({"instances": [[[[0, 0, 0]]]]}, "The images have shape [1, 1, 1, 3]; expected [any, 32, 32, 3]"),
-        ({"instances": [[0] * 5]}, "expected [any, 32, 32, 3]"),
-        ({"instances": images(1, 2).astype(int).__add__(300).tolist()}, "integers from 0 to 255"),
-        ({"instances": (images(1, 2) - 0.5).tolist()}, "integers from 0 to 255"),
-        ({"instances": images(17, 3).tolist()}, "holds 17 images; at most 16 per request"),
-        ({"instances": []}, "shape [0]"),
-        ({"instances": [{"pixels": [1]}]}, 'needs the key "images"'),
-        ({"instances": images(1, 0).tolist(), "signature_name": "train"}, "Unknown signature_name 'train'"),
-    ],
-)
-def test_bad_requests_get_400_and_the_server_keeps_serving(server, body, message):
-    status, answer = call(server, f"/v1/models/{MODEL}:predict", body)
-    assert status == 400 and message in answer["error"], answer
-    assert call(server, f"/v1/models/{MODEL}:predict", {"instances": images(1, 0).tolist()})[0] == 200
+def test_base64_jpegs_equal_the_keras_model_on_the_decoded_images(server):
+    import tensorflow as tf
+
+    files = [open(path, "rb").read() for path in JPEGS[:MAX_BATCH]]
+    decoded = np.stack([tf.io.decode_jpeg(data).numpy() for data in files])
+    probabilities = expected(server, decoded)
+    names = [choices.CIFAR10_CLASSES[i] for i in probabilities.argmax(axis=1)]
+    status, body = call(server, f"/v1/models/{MODEL}:predict", {"signature_name": "encoded_images", "instances": [b64(f) for f in files]})
+    assert status == 200, body
+    assert [p["class_names"] for p in body["predictions"]] == names
+    assert [p["classes"] for p in body["predictions"]] == probabilities.argmax(axis=1).tolist()
+    np.testing.assert_allclose([p["probabilities"] for p in body["predictions"]], probabilities, atol=1e-5)
+    # The same as named instances and in the columnar format.
+    named = {"signature_name": "encoded_images", "instances": [{"images": b64(f)} for f in files[:2]]}
+    assert [p["class_names"] for p in call(server, f"/v1/models/{MODEL}:predict", named)[1]["predictions"]] == names[:2]
+    columnar = call(server, f"/v1/models/{MODEL}:predict", {"signature_name": "encoded_images", "inputs": {"images": [b64(f) for f in files[:2]]}})
+    assert columnar[1]["outputs"]["class_names"] == names[:2]
 
 
-def test_unknown_model_and_method(server):
-    assert call(server, "/v1/models/other:predict", {"instances": images(1, 0).tolist()})[0] == 404
-    assert call(server, f"/v1/models/{MODEL}:classify", {"instances": images(1, 0).tolist()})[0] == 404
+def test_metadata_in_tf_servings_form(server):
+    status, body = call(server, f"/v1/models/{MODEL}/metadata")
+    assert status == 200
+    assert body["model_spec"] == {"name": MODEL, "signature_name": "", "version": "2"}
+    signatures = body["metadata"]["signature_def"]["signature_def"]
+    default, encoded = signatures["serving_default"], signatures["encoded_images"]
+    assert default["method_name"] == encoded["method_name"] == "tensorflow/serving/predict"
+    assert default["inputs"]["images"]["dtype"] == "DT_UINT8"
+    assert default["inputs"]["images"]["tensor_shape"] == {
+        "dim": [{"size": size, "name": ""} for size in ("-1", "32", "32", "3")], "unknown_rank": False
+    }
+    assert encoded["inputs"]["images"]["dtype"] == "DT_STRING"
+    assert {name: output["dtype"] for name, output in encoded["outputs"].items()} == {
+        "probabilities": "DT_FLOAT", "classes": "DT_INT64", "class_names": "DT_STRING"
+    }
+    assert call(server, f"/v1/models/{MODEL}/versions/1/metadata")[1]["model_spec"]["version"] == "1"
+    assert call(server, f"/v1/models/{MODEL}/labels/stable/metadata")[1]["model_spec"]["version"] == "1"
+
+
+PIXELS_OK = images(1, 0).tolist()
+ENCODED = "encoded_images"
+JPEG = open(JPEGS[0], "rb").read()
+
+
+def nested(depth):
+    return b'{"instances": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+# (method, path, body, status, part of the error message)
+BAD_REQUESTS = [
+    # the body as JSON
+    ("POST", ":predict", b"{not json", 400, "Malformed JSON"),
+    ("POST", ":predict", b'{"instances": "\xff"}', 400, "Malformed JSON: 'utf-8' codec can't decode"),
+    ("POST", ":predict", nested(5000), 400, "Malformed JSON: nested too deeply"),
+    ("POST", ":predict", nested(100_000), 400, "Malformed JSON: nested too deeply"),
+    ("POST", ":predict", b'{"instances": [[[[' + b"9" * 5000 + b"]]]]}", 400, "a number has thousands of digits"),
+    ("POST", ":predict", b"[1, 2]", 400, 'must be a JSON object with "instances" or "inputs"'),
+    ("POST", ":predict", {"images": []}, 400, "Unknown key(s) 'images'"),
+    ("POST", ":predict", {}, 400, 'exactly one of "instances" (row format) or "inputs"'),
+    ("POST", ":predict", {"instances": PIXELS_OK, "inputs": PIXELS_OK}, 400, 'exactly one of "instances"'),
+    ("POST", ":predict", {"instances": PIXELS_OK, "signature_name": "train"}, 400, "Unknown signature_name 'train'"),
+    ("POST", ":predict", {"instances": PIXELS_OK, "signature_name": 3}, 400, "signature_name must be a string"),
+    # pixels: strict JSON integers 0-255 of the right shape
+    ("POST", ":predict", {"instances": [[[[0, 0, 0]]]]}, 400, "The images have shape [1, 1, 1, 3]; expected [any, 32, 32, 3]"),
+    ("POST", ":predict", {"instances": [[0] * 5]}, 400, "nested lists of shape [any, 32, 32, 3]"),
+    ("POST", ":predict", {"instances": [[[[1, 2, 3]]], [[[1]]]]}, 400, "nested lists of shape"),
+    ("POST", ":predict", {"instances": [[[[[1]] * 3] * 32] * 32]}, 400, "nested lists of shape"),
+    ("POST", ":predict", {"instances": (images(1, 2).astype(int) + 300).tolist()}, 400, "integers from 0 to 255"),
+    ("POST", ":predict", {"instances": (images(1, 2).astype(int) - 256).tolist()}, 400, "integers from 0 to 255"),
+    ("POST", ":predict", b'{"instances": [[[[' + b"9" * 4000 + b"]]]]}", 400, "integers from 0 to 255"),
+    ("POST", ":predict", {"instances": [[[["12"] * 3] * 32] * 32]}, 400, "JSON integers from 0 to 255; found a string"),
+    ("POST", ":predict", {"instances": [[[[True] * 3] * 32] * 32]}, 400, "found true/false"),
+    ("POST", ":predict", {"instances": [[[[None] * 3] * 32] * 32]}, 400, "found null"),
+    ("POST", ":predict", {"instances": [[[[12.5] * 3] * 32] * 32]}, 400, "found a number with a fraction"),
+    ("POST", ":predict", {"instances": [[[[12.0] * 3] * 32] * 32]}, 400, "found a number with a fraction"),
+    ("POST", ":predict", b'{"instances": [[[[NaN, 1, 2]]]]}', 400, "found a number with a fraction or exponent (or NaN"),
+    ("POST", ":predict", {"instances": images(MAX_BATCH + 1, 3).tolist()}, 400, f"holds {MAX_BATCH + 1} images; at most {MAX_BATCH}"),
+    ("POST", ":predict", {"instances": []}, 400, "The request holds no images"),
+    ("POST", ":predict", {"instances": {"images": PIXELS_OK}}, 400, '"instances" must be a list'),
+    ("POST", ":predict", {"instances": [{"pixels": [1]}]}, 400, 'needs exactly the key "images"'),
+    ("POST", ":predict", {"instances": [b64(JPEG)]}, 400, 'send "signature_name": "encoded_images"'),
+    # encoded images
+    ("POST", ":predict", {"signature_name": ENCODED, "instances": [{"b64": "@@@"}]}, 400, "Image 0: the b64 value is not valid base64"),
+    ("POST", ":predict", {"signature_name": ENCODED, "instances": [{"b64": "é"}]}, 400, "not valid base64"),
+    ("POST", ":predict", {"signature_name": ENCODED, "instances": [{"b64": 12}]}, 400, 'Image 0 must be {"b64"'),
+    ("POST", ":predict", {"signature_name": ENCODED, "instances": PIXELS_OK}, 400, 'Image 0 must be {"b64"'),
+    ("POST", ":predict", {"signature_name": ENCODED, "instances": [b64(JPEG), b64(b"hello")]}, 400, "Image 1 is not a JPEG or PNG file"),
+    ("POST", ":predict", {"signature_name": ENCODED, "instances": [b64(png(np.zeros((30, 40, 3), np.uint8)))]}, 400,
+     "Image 0 is 40x30 pixels (width x height); this model takes exactly 32x32"),
+    ("POST", ":predict", {"signature_name": ENCODED, "instances": [b64(JPEG[:100])]}, 400, "Invalid JPEG data"),
+    ("POST", ":predict", {"signature_name": ENCODED, "instances": [b64(JPEG)] * (MAX_BATCH + 1)}, 400, "at most 16 per request"),
+    # paths and methods
+    ("GET", ":predict", None, 405, "GET is not allowed on :predict; use POST"),
+    ("PUT", "", b"{}", 405, "PUT is not allowed"),
+    ("DELETE", "/metadata", None, 405, "DELETE is not allowed"),
+    ("POST", ":classify", {"instances": PIXELS_OK}, 400, "Unsupported method :classify; this model answers :predict"),
+    ("POST", ":explode", {"instances": PIXELS_OK}, 404, "Unsupported method :explode"),
+    ("POST", "/versions/7:predict", {"instances": PIXELS_OK}, 404, "Servable not found for request: Specific(preact, 7)"),
+    ("GET", "/versions/3", None, 404, "served versions: 1, 2"),
+    ("GET", "/versions/x", None, 404, "Servable not found"),
+    ("GET", "/labels/canary", None, 404, "Unrecognized servable version label: canary. Labels: 'stable'"),
+    ("GET", "/../other", None, 404, "Not found"),
+    ("GET", "/docs", None, 404, "Not found: /docs"),
+    ("GET", "/openapi.json", None, 404, "Not found: /openapi.json"),
+    ("GET", "/redoc", None, 404, "Not found"),
+    # the body's size: --max_batch images as JSON pixels at most
+    ("POST", ":predict", b" " * (MAX_BATCH * 32 * 32 * 3 * 16 + 64 * 1024 + 1), 413, "at most 851,968 (set by --max_batch)"),
+]
+
+
+@pytest.mark.parametrize("method, where, body, status, message", BAD_REQUESTS)
+def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(server, method, where, body, status, message):
+    path = f"/v1/models/{MODEL}{where}" if not where.startswith("/docs") and where not in ("/openapi.json", "/redoc") else where
+    answer_status, answer = call(server, path, body, method=method)
+    assert (answer_status, message in answer.get("error", "")) == (status, True), answer
+    assert set(answer) == {"error"}
+    assert call(server, f"/v1/models/{MODEL}:predict", {"instances": PIXELS_OK})[0] == 200
+
+
+def test_unknown_model_and_unusual_methods(server):
+    assert call(server, "/v1/models/other:predict", {"instances": PIXELS_OK}) == (
+        404, {"error": "Servable not found for request: Latest(other); this server serves 'preact'."}
+    )
+    assert call(server, "/v1/models/other")[0] == 404
+    status, answer = call(server, f"/v1/models/{MODEL}", method="FOO")
+    assert status == 405 and set(answer) == {"error"}
+
+
+def test_oversized_streams_stalled_uploads_and_stalled_headers_are_cut_off(server):
+    request = f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\n".encode()
+    # Too long, said up front: refused before reading.
+    answer = raw_exchange(server, request + b"Content-Length: 99999999999\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413") and b'"error":"The body has 99,999,999,999 bytes' in answer
+    # Too long, streamed without a length: cut at the limit.
+    chunk = b" " * 600_000
+    chunked = b"Transfer-Encoding: chunked\r\n\r\n" + (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * 2 + b"0\r\n\r\n"
+    answer = raw_exchange(server, request + chunked)
+    assert answer.startswith(b"HTTP/1.1 413") and b"exceeds 851,968 bytes" in answer
+    # A body that stops coming: 408 after --read_timeout, and the connection is closed.
+    started = time.time()
+    answer = raw_exchange(server, request + b'Content-Length: 1000\r\n\r\n{"instances": [')
+    assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 2 s" in answer and b"<still open>" not in answer
+    assert READ_TIMEOUT <= time.time() - started < READ_TIMEOUT + 5
+    # Headers that never end, and a connection that says nothing: closed within two timeouts.
+    for data in (request, b""):
+        started = time.time()
+        assert raw_exchange(server, data) == b""
+        assert time.time() - started < 2 * READ_TIMEOUT + 3
+    assert call(server, f"/v1/models/{MODEL}:predict", {"instances": PIXELS_OK})[0] == 200
+
+
+def test_unparsable_http_gets_json_too(server):
+    for data in (f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".encode(),
+                 b"GARBAGE\r\n\r\n"):
+        answer = raw_exchange(server, data)
+        assert answer.startswith(b"HTTP/1.1 400") and b'{"error": "Invalid HTTP request received.' in answer, answer
+    assert call(server, f"/v1/models/{MODEL}")[0] == 200
+
+
+def test_many_stalled_uploads_are_all_closed(server):
+    connections = []
+    for _ in range(50):
+        connection = socket.create_connection(("127.0.0.1", server["port"]))
+        connection.sendall(f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n[".encode())
+        connections.append(connection)
+    time.sleep(READ_TIMEOUT + 3)
+    for connection in connections:
+        connection.settimeout(5)
+        answer = connection.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        connection.close()
+    assert call(server, f"/v1/models/{MODEL}:predict", {"instances": PIXELS_OK})[0] == 200
 
 
 def test_concurrent_clients_get_their_own_answers(server):
@@ -134,11 +347,15 @@ def test_concurrent_clients_get_their_own_answers(server):
     def client(index):
         for request in range(requests_each):
             batch = images(1 + (index + request) % 4, seed=1000 * index + request)
-            status, body = call(server, f"/v1/models/{MODEL}:predict", {"instances": batch.tolist()})
+            if request % 3 == 2:  # every third request as PNG files
+                body = {"signature_name": ENCODED, "instances": [b64(png(image)) for image in batch]}
+            else:
+                body = {"instances": batch.tolist()}
+            status, answer = call(server, f"/v1/models/{MODEL}:predict", body)
             if status != 200:
-                failures.append((index, request, status, body))
+                failures.append((index, request, status, answer))
                 continue
-            results[(index, request)] = (batch, body)
+            results[(index, request)] = (batch, answer)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
@@ -147,29 +364,147 @@ def test_concurrent_clients_get_their_own_answers(server):
         thread.join(timeout=300)
     assert not failures
     assert len(results) == clients * requests_each  # nothing lost
-    for batch, body in results.values():  # nothing mixed up
-        probabilities, classes = expected(server, batch)
-        assert [p["classes"] for p in body["predictions"]] == classes.tolist()
-        np.testing.assert_allclose([p["probabilities"] for p in body["predictions"]], probabilities, atol=1e-6)
+    for batch, answer in results.values():  # nothing mixed up
+        probabilities = expected(server, batch)
+        assert [p["classes"] for p in answer["predictions"]] == probabilities.argmax(axis=1).tolist()
+        np.testing.assert_allclose([p["probabilities"] for p in answer["predictions"]], probabilities, atol=1e-5)
 
 
 def test_one_log_line_per_request(server):
     before = open(server["log"]).read().count(":predict ->")
     call(server, f"/v1/models/{MODEL}:predict", {"instances": images(2, 5).tolist()})
-    time.sleep(0.2)
+    call(server, f"/v1/models/{MODEL}:predict", {"instances": "x"})
+    time.sleep(0.3)
     lines = [line for line in open(server["log"]).read().splitlines() if ":predict ->" in line]
-    assert len(lines) == before + 1
-    assert f"POST /v1/models/{MODEL}:predict -> 200, 2 images" in lines[-1]
+    assert len(lines) == before + 2
+    assert f"POST /v1/models/{MODEL}:predict -> 200, 2 images" in lines[-2]
+    assert f"POST /v1/models/{MODEL}:predict -> 400, 0 images" in lines[-1]
+    assert "Traceback" not in open(server["log"]).read()
 
 
-def test_parse_images_rejects_ragged_lists():
-    with pytest.raises(BadRequest, match="nested lists of shape"):
-        parse_images(json.dumps({"instances": [[[1, 2, 3]], [[1]]]}), (32, 32, 3), 8)
+def test_a_server_fault_is_a_logged_json_500(server, monkeypatch, caplog):
+    """A fault inside the server (here: inference raising) is answered 500 {"error"} and logged with
+    its request, and the server keeps serving. In-process: uvicorn in a thread, real HTTP."""
+    import uvicorn
+
+    from keras_preact.serving import rest
+
+    app = rest.create_app(os.path.dirname(server["log"]), MODEL, max_batch=4)
+    port = free_port()
+    uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    try:
+        while not uvicorn_server.started:
+            time.sleep(0.05)
+        local = {"base": f"http://127.0.0.1:{port}"}
+        faults = iter([RuntimeError("device on fire")])
+
+        def faulty(*args):
+            raise next(faults)
+
+        with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="keras_preact.serve"):
+            patch.setattr(rest, "predict", faulty)
+            status, answer = call(local, f"/v1/models/{MODEL}:predict", {"instances": PIXELS_OK})
+        assert (status, answer) == (500, {"error": "Internal server error; the server log has the details."})
+        fault = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert fault and f"Internal error for POST /v1/models/{MODEL}:predict" in fault[0].getMessage()
+        assert "device on fire" in fault[0].exc_text
+        assert any(f":predict -> 500" in r.getMessage() for r in caplog.records)
+        assert call(local, f"/v1/models/{MODEL}:predict", {"instances": PIXELS_OK})[0] == 200
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(timeout=30)
 
 
-def test_missing_export_dir_is_explained(tmp_path):
+def test_docs_pages_only_when_asked(server):
+    from keras_preact.serving.rest import create_app
+
+    export_dir = os.path.dirname(server["log"])
+    assert {route.path for route in create_app(export_dir, MODEL, docs=True).routes} >= {"/docs", "/openapi.json"}
+    assert not {route.path for route in create_app(export_dir, MODEL).routes} & {"/docs", "/openapi.json", "/redoc"}
+
+
+def start(*flags, export_dir=None):
+    """(exit status, stderr) of the serve command with `flags`, which must fail at start, in a
+    fresh process."""
+    arguments = [f"--export_dir={export_dir}"] if export_dir else []
     result = subprocess.run(
-        [sys.executable, "-m", "keras_preact.serve", f"--export_dir={tmp_path}", "--model_name=x", "--port=1"],
-        capture_output=True, text=True, timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        [sys.executable, "-m", "keras_preact.serve", "--model_name=m", *arguments, *flags],
+        capture_output=True, text=True, timeout=300, env=ENV,
     )
-    assert result.returncode == 1 and "has no numbered version folder" in result.stderr
+    return result.returncode, result.stderr
+
+
+def start_here(capsys, *flags, export_dir):
+    """The same in this process: `serve.main` stops before uvicorn runs (faster than a process each)."""
+    from keras_preact import serve
+
+    with pytest.raises(SystemExit) as stopped:
+        serve.main(["--model_name=m", f"--export_dir={export_dir}", *flags])
+    return stopped.value.code, capsys.readouterr().err
+
+
+def test_every_flag_is_checked_at_start(server, tmp_path, capsys):
+    export_dir = os.path.dirname(server["log"])
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "incomplete" / "1").mkdir(parents=True)
+    (tmp_path / "corrupt" / "1" / "variables").mkdir(parents=True)
+    (tmp_path / "corrupt" / "1" / "saved_model.pb").write_bytes(b"\x00garbage")
+    (tmp_path / "corrupt" / "1" / "variables" / "variables.index").write_bytes(b"")
+    cases = [
+        (["--max_batch=0"], export_dir, "--max_batch must be a positive integer, got 0"),
+        (["--max_batch=-1"], export_dir, "--max_batch must be a positive integer, got -1"),
+        (["--port=99999"], export_dir, "--port must be from 1 to 65535, got 99999"),
+        (["--port=0"], export_dir, "--port must be from 1 to 65535"),
+        (["--read_timeout=0"], export_dir, "--read_timeout must be in [0.001"),
+        (["--read_timeout=nan"], export_dir, "--read_timeout must be a finite number"),
+        (["--version_labels=stable"], export_dir, "--version_labels takes LABEL=VERSION pairs"),
+        (["--version_labels=a=1,a=2"], export_dir, "--version_labels names 'a' twice"),
+        (["--model_name=a/b"], export_dir, "--model_name must be a non-empty name without '/'"),
+        ([f"--port={server['port']}"], export_dir, f"Cannot listen on 127.0.0.1:{server['port']}: Address already in use"),
+        (["--host=no.such.host.invalid"], export_dir, "Cannot listen on no.such.host.invalid"),
+        ([], str(tmp_path / "missing"), "does not exist"),
+        ([], str(tmp_path / "file"), "is a file"),
+        ([], str(tmp_path / "empty"), "has no complete numbered version folder"),
+        ([], str(tmp_path / "incomplete"), "(found only: 1: no saved_model.pb)"),
+        ([], str(tmp_path / "corrupt"), "1 cannot be loaded as a SavedModel"),
+        (["--version_labels=stable=3"], export_dir, "Label 'stable' names version 3, which is not a complete version"),
+    ]
+    for flags, where, message in cases:
+        if "--port" not in " ".join(flags):
+            flags = [*flags, f"--port={free_port()}"]
+        status, stderr = start_here(capsys, *flags, export_dir=where)
+        assert status == 1 and stderr.startswith("error: ") and stderr.count("\n") == 1, (flags, stderr)
+        assert message in stderr, (flags, stderr)
+
+
+def test_start_errors_in_a_fresh_process_are_one_line(tmp_path):
+    for flags, message in [(["--max_batch=0"], "--max_batch must be a positive integer"),
+                           ([f"--port={free_port()}"], "has no complete numbered version folder")]:
+        status, stderr = start(*flags, export_dir=str(tmp_path))
+        lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("WARNING", "I0000"))]
+        assert status == 1 and "Traceback" not in stderr, stderr
+        assert [line for line in lines if line.startswith("error: ")] == [lines[-1]] and message in lines[-1], lines
+
+
+def test_the_client_example_sends_the_test_folders_jpegs(server):
+    import tensorflow as tf
+
+    client = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples", "client.py")
+    result = subprocess.run(
+        [sys.executable, client, f"--server={server['base']}", f"--model_name={MODEL}", f"--images={SAMPLE}",
+         "--batch=7", "--show=100"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    decoded = np.stack([tf.io.decode_jpeg(open(path, "rb").read()).numpy() for path in JPEGS])
+    probabilities = expected(server, decoded)
+    assert [line.split(": ")[1].split(" (")[0] for line in lines[:-1]] == [choices.CIFAR10_CLASSES[i] for i in probabilities.argmax(1)]
+    accuracy = np.mean(probabilities.argmax(1) == [choices.CIFAR10_CLASSES.index(p.split(os.sep)[-2]) for p in JPEGS])
+    assert lines[-1].startswith(f"{len(JPEGS)} images in") and f"accuracy {accuracy:.2%} on {len(JPEGS)} labelled" in lines[-1]
+    too_many = subprocess.run([sys.executable, client, f"--server={server['base']}", f"--model_name={MODEL}",
+                               f"--images={SAMPLE}", "--batch=17"], capture_output=True, text=True, timeout=300)
+    assert too_many.returncode == 1 and too_many.stderr == "error: HTTP 400: The request holds 17 images; at most 16 per request.\n"

@@ -12,6 +12,7 @@ import keras
 
 from keras_preact import choices
 from keras_preact.model.layers import batch_norm, conv
+from keras_preact.model.preprocessing import Normalize, normalization
 from keras_preact.model.units import ResidualUnit, check_batch_norm_options
 
 # Torch's nn.Linear init, uniform(±1/sqrt(fan_in)); the official code zeroes the bias.
@@ -83,6 +84,22 @@ def _inputs(input_tensor, input_shape, stem, data_format):
     if not keras.backend.is_keras_tensor(input_tensor):
         return keras.Input(tensor=input_tensor, shape=input_shape, name="images")
     return input_tensor
+
+
+def _preprocessing(x, include_preprocessing, stem, classes, axis, dtype):
+    if include_preprocessing is False:
+        return x
+    dataset = include_preprocessing
+    if include_preprocessing is True:
+        dataset = "imagenet" if stem == "imagenet" else {10: "cifar10", 100: "cifar100"}.get(classes)
+        if dataset is None:
+            raise ValueError(
+                f"include_preprocessing=True picks CIFAR-10 or CIFAR-100 by the classes (10 or 100), got "
+                f"classes={classes}: pass a dataset name or a (mean, std) pair."
+            )
+    if isinstance(dataset, bool) or dataset is None:
+        raise ValueError(f"include_preprocessing must be True, False, a dataset name or (mean, std); got {dataset!r}.")
+    return Normalize(*normalization(dataset), axis=axis, dtype=dtype, name="preprocessing")(x)
 
 
 def _activate(x, operations, prefix, axis, dtype, norm_options):
@@ -169,6 +186,7 @@ def PreActResNet(
     data_format=None,
     batch_norm_options=None,
     name=None,
+    include_preprocessing=False,
     **shortcut_options,
 ):
     """Builds a pre-activation ResNet (He et al., "Identity Mappings in Deep Residual Networks").
@@ -176,8 +194,8 @@ def PreActResNet(
     Every unit is the full pre-activation unit (`ResidualUnit`); the first unit of each stage
     applies its BN → ReLU before splitting, so its projection shortcut reads the pre-activated
     tensor; the last unit is followed by BN → ReLU, global average pooling and the classifier.
-    The model takes *normalised* images (`keras_preact` data pipelines and exported serving
-    signatures normalise); it contains no preprocessing.
+    The model takes *normalised* images (`keras_preact` data pipelines, exported serving
+    signatures and `keras_preact.preprocess_input` normalise), unless `include_preprocessing`.
 
     Args:
         depth: number of weighted layers. CIFAR: `9n+2` with bottleneck units (164, 1001) or
@@ -216,6 +234,9 @@ def PreActResNet(
         batch_norm_options: how every BatchNorm's training statistics span data-parallel
             replicas (`{"synchronized": True}`, `{"virtual_groups": n}`; see `ResidualUnit`).
         name: model name; defaults to `"preact_resnet{depth}"`.
+        include_preprocessing: `True`, a dataset name or a `(mean, std)` pair: the model starts
+            with a `Normalize` layer named "preprocessing" and takes raw 0-255 pixels. `True`
+            takes the stem's dataset: "imagenet", or the CIFAR dataset with `classes` classes.
         **shortcut_options: `shortcut_scale`, `residual_scale` (constant scaling), `gate_bias`
             (gating), `dropout_rate` (dropout); see `ResidualUnit`.
 
@@ -254,7 +275,8 @@ def PreActResNet(
     name = name or f"preact_resnet{depth}"
 
     inputs = _inputs(input_tensor, input_shape, stem, data_format)
-    x = _stem(inputs, stem, unit, data_format, axis, policy, norm_options)
+    x = _preprocessing(inputs, include_preprocessing, stem, classes, axis, policy)
+    x = _stem(x, stem, unit, data_format, axis, policy, norm_options)
     for stage, ((filters, stride), count) in enumerate(zip(choices.STEMS[stem].stages, stages), start=1):
         for index in range(1, count + 1):
             if index > 1:
@@ -320,7 +342,8 @@ _BUILDER_DOC = """Builds the paper's {title}: {summary}.
         **kwargs: further options of `keras_preact.PreActResNet` (e.g. `downsample`).
 
     Returns:
-        A functional `keras.Model` taking normalised images.
+        A functional `keras.Model` taking normalised images (raw pixels with
+        `include_preprocessing=True`).
 
     Example:
 

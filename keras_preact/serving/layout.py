@@ -1,25 +1,73 @@
 """TF Serving's folder layout: a model's base folder holding numbered version folders
 (`export_dir/<version>/saved_model.pb`). No framework needed.
+
+Exports are written to a hidden partial folder beside the version (`.<version>.partial-*`) and
+renamed into place when complete, so a numbered folder is either absent or whole; a partial
+folder left by a killed export is never served and never blocks the next export.
 """
 
 import os
+import re
+
+VERSION = re.compile(r"0|[1-9][0-9]*")  # a version folder's name, as the version prints
+PARTIAL = ".partial-"  # in the name of a version folder being written
 
 
 def check_export_dir(export_dir):
-    """A ValueError unless `export_dir` can hold version folders (a folder, or nothing yet)."""
+    """A ValueError or OSError unless `export_dir` can hold version folders: an existing folder, or
+    a path whose nearest existing parent is a writable folder."""
     if not isinstance(export_dir, (str, os.PathLike)) or not os.fspath(export_dir):
         raise ValueError(f"export_dir must be a path, got {export_dir!r}.")
+    export_dir = os.fspath(export_dir)
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
-        raise NotADirectoryError(f"export_dir {os.fspath(export_dir)!r} is a file; pass a folder for the version folders.")
+        raise NotADirectoryError(f"export_dir {export_dir!r} is a file; pass a folder for the version folders.")
+    existing = os.path.abspath(export_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"export_dir {export_dir!r} lies under the file {existing!r}; pass a folder path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"export_dir {export_dir!r}: {existing!r} is not writable.")
 
 
 def versions(export_dir):
-    """The numbered version folders of `export_dir`, ascending."""
+    """The numbered version folders of `export_dir`, ascending (complete or not)."""
     if not os.path.isdir(export_dir):
         return []
-    return sorted(int(name) for name in os.listdir(export_dir) if name.isdigit())
+    return sorted(int(name) for name in os.listdir(export_dir) if VERSION.fullmatch(name))
 
 
 def next_version(export_dir):
     """One more than the highest numbered version folder in `export_dir` (1 when there is none)."""
     return max(versions(export_dir), default=0) + 1
+
+
+def partial_prefix(version):
+    """The name prefix of the hidden folder that `version` is written to before its rename."""
+    return f".{version}{PARTIAL}"
+
+
+def incomplete(version_dir):
+    """Why `version_dir` is not a whole SavedModel, or None when it is."""
+    if not os.path.isfile(os.path.join(version_dir, "saved_model.pb")):
+        return "no saved_model.pb"
+    variables = os.path.join(version_dir, "variables")
+    if os.path.isdir(variables) and not os.path.isfile(os.path.join(variables, "variables.index")):
+        return "no variables/variables.index"
+    return None
+
+
+def servable_versions(export_dir):
+    """(complete, skipped): the complete version numbers, ascending, and a `(folder name, reason)`
+    for every numbered folder that is not a whole SavedModel and every partial folder."""
+    complete, skipped = [], []
+    for version in versions(export_dir):
+        reason = incomplete(os.path.join(export_dir, str(version)))
+        if reason:
+            skipped.append((str(version), reason))
+        else:
+            complete.append(version)
+    for name in sorted(os.listdir(export_dir)) if os.path.isdir(export_dir) else ():
+        if PARTIAL in name:
+            skipped.append((name, "an export that did not finish (safe to delete)"))
+    return complete, skipped

@@ -1,16 +1,20 @@
-"""SavedModels for TF Serving: raw uint8 pixels in, probabilities and top-1 classes out.
+"""SavedModels for TF Serving: raw uint8 pixels or encoded JPEG/PNG files in; probabilities,
+classes and class names out.
 
-Two steps, the same on every backend: Keras exports the bare network (normalised float32 images →
-probabilities), then TensorFlow wraps it with the dataset's normalisation and the argmax in a
-`serving_default` signature. Keras cannot export from torch without torch-xla, so there the first
-step runs in a TensorFlow-backend subprocess on the model's `.keras` file.
+Two steps, the same on every backend: Keras exports the bare network (its float32 input →
+probabilities), then TensorFlow wraps it with the decoding, the dataset's normalisation and the
+argmax in two signatures. Keras cannot export from torch without torch-xla, so there the first step
+runs in a TensorFlow-backend subprocess on the model's `.keras` file.
 
     python -m keras_preact.export --model_dir runs/cifar10_resnet164 --export_dir serving/resnet164
 
-TF Serving's layout: `export_dir/<version>/saved_model.pb`, numbered version folders.
+TF Serving's layout: `export_dir/<version>/saved_model.pb`, numbered version folders, each written
+whole to a hidden partial folder first and renamed into place (`keras_preact.serving.layout`).
 """
 
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,25 +23,43 @@ import keras
 import numpy as np
 
 from keras_preact import choices
-from keras_preact.model.preprocessing import normalize, normalization
-from keras_preact.serving.layout import check_export_dir
+from keras_preact.model.preprocessing import Normalize, dataset_class_names, normalization, normalize
+from keras_preact.serving.layout import check_export_dir, incomplete, partial_prefix
 
 SIGNATURE = "serving_default"
+ENCODED_SIGNATURE = "encoded_images"
+# A photo's decoded size is bounded before decoding: a small PNG can claim a huge canvas.
+MAX_IMAGE_PIXELS = 40_000_000
 
 
-def export_saved_model(model, export_dir, dataset="cifar10", version=1):
-    """Writes `export_dir/<version>/`, a SavedModel that TF Serving can serve.
+def export_saved_model(model, export_dir, dataset="cifar10", version=1, class_names=None):
+    """Writes `export_dir/<version>/`, a SavedModel that TF Serving can serve, with two signatures.
 
-    Its `serving_default` signature takes `images`, uint8 `[batch, H, W, 3]` raw pixels, normalises
-    them with `dataset`'s per-channel mean and std, and returns `probabilities` (float32
-    `[batch, classes]`) and `classes` (int64 `[batch]`, the top-1 class). Loading it needs only
-    TensorFlow. Works from the TensorFlow, JAX and torch backends.
+    `serving_default` takes `images`, uint8 `[batch, H, W, 3]` raw pixels, and returns
+    `probabilities` (float32 `[batch, classes]`) and `classes` (int64 `[batch]`, the top-1 class).
+
+    `encoded_images` takes `images`, a string `[batch]` of JPEG or PNG files (`{"b64": ...}` over
+    REST), and returns the same plus `class_names` (string `[batch]`, the top-1 class's name). It
+    decodes to RGB and checks each image: a dataset with a `resize` side (ImageNet) resizes the
+    shorter side to 256 (scaled to the model's size) and centre-crops the model's size; any other
+    takes exactly the model's size (32x32 for CIFAR) and rejects other sizes with an error that
+    names the image. Errors are InvalidArgument (HTTP 400 in TF Serving and the local server).
+
+    Both normalise with `dataset`'s per-channel mean and std, unless the model does it itself
+    (`include_preprocessing`; its constants must then equal `dataset`'s). Loading needs only
+    TensorFlow. Works from the TensorFlow, JAX and torch backends. The version folder appears
+    only when complete: a killed export leaves a hidden `.<version>.partial-*` folder, which
+    servers skip.
 
     Args:
         model: a keras_preact classifier (`include_top=True`), softmax or logits output.
         export_dir: the model's base directory (what TF Serving's `--model_base_path` names).
-        dataset: `"cifar10"` or `"cifar100"`: whose normalisation the signature applies.
+        dataset: a name of `keras_preact.choices.DATASETS` (its class count must be the model's),
+            or a `(mean, std)` pair of per-channel values on 0-255 pixels for other data.
         version: a positive integer; `export_dir/<version>` must not exist yet.
+        class_names: the names of the model's classes in label order (e.g. an image folder run's
+            `results.json["class_names"]`); default: the dataset's, or "0", "1", ... for a
+            `(mean, std)` pair.
 
     Returns:
         The path of the written version directory.
@@ -50,28 +72,118 @@ def export_saved_model(model, export_dir, dataset="cifar10", version=1):
     ['assets', 'fingerprint.pb', 'saved_model.pb', 'variables']
     """
     check_export_dir(export_dir)
-    info = choices.DATASETS[dataset]
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"version must be a positive integer (TF Serving's version folder), got {version!r}.")
-    probabilities = _output_activation(model)
-    if model.output.shape[-1] != info.classes:
+    record = choices.DATASETS[dataset] if isinstance(dataset, str) else None
+    normalization(dataset)  # a bad (mean, std) fails here
+    softmax_output = _output_activation(model)
+    classes = model.output.shape[-1]
+    if record is not None and classes != record.classes:
         raise ValueError(
-            f"The model has {model.output.shape[-1]} classes but dataset={dataset!r} has {info.classes}."
+            f"The model has {classes} classes but dataset={dataset!r} has {record.classes}; pass the "
+            "dataset it was trained on, or its (mean, std) and class_names."
         )
-    target = os.path.join(os.fspath(export_dir), str(version))
+    names = _class_names(class_names, dataset, classes)
+    image = _encoded_image_policy(model, record)
+    normalise = not _normalises_itself(model, dataset)
+    export_dir = os.fspath(export_dir)
+    target = os.path.join(export_dir, str(version))
     if os.path.exists(target):
-        raise FileExistsError(f"{target} exists. Choose a new version, or remove it first.")
+        state = f"holds an incomplete export ({incomplete(target)}): remove it" if incomplete(target) else "exists"
+        raise FileExistsError(f"{target} {state}. Choose a new version, or remove it first.")
 
-    with tempfile.TemporaryDirectory() as scratch:
-        bare = os.path.join(scratch, "bare")
-        if keras.backend.backend() in ("tensorflow", "jax"):
-            model.export(bare, format="tf_saved_model", verbose=False)
-        else:
-            saved = os.path.join(scratch, "model.keras")
-            model.save(saved)
-            _export_in_tensorflow_process(saved, bare)
-        _wrap(bare, target, info, model.input.shape, probabilities)
+    os.makedirs(export_dir, exist_ok=True)
+    # Not mkdtemp: its 0700 mode would stay on the version folder, unreadable to a server of another user.
+    partial = os.path.join(export_dir, partial_prefix(version) + secrets.token_hex(6))
+    os.mkdir(partial)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            bare = os.path.join(scratch, "bare")
+            if keras.backend.backend() in ("tensorflow", "jax"):
+                model.export(bare, format="tf_saved_model", verbose=False)
+            else:
+                saved = os.path.join(scratch, "model.keras")
+                model.save(saved)
+                _export_in_tensorflow_process(saved, bare)
+            _wrap(bare, partial, model.input.shape, dataset if normalise else None, softmax_output, names, image)
+        _publish(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return target
+
+
+def _publish(partial, target):
+    """Renames the finished `partial` folder to `target`, durably: a reader (or a crash) sees no
+    version folder or a whole one."""
+    for folder, _, files in os.walk(partial):
+        for name in files:
+            _fsync(os.path.join(folder, name))
+    try:
+        os.rename(partial, target)  # atomic; fails on a non-empty target written meanwhile
+    except OSError:
+        raise FileExistsError(f"{target} was written by another export meanwhile; choose a new version.") from None
+    _fsync(os.path.dirname(target))
+
+
+def _fsync(path):
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _class_names(class_names, dataset, classes):
+    if class_names is None:
+        return dataset_class_names(dataset) if isinstance(dataset, str) else tuple(map(str, range(classes)))
+    if isinstance(class_names, str) or not all(isinstance(name, str) and name for name in class_names):
+        raise ValueError(f"class_names must be a list of non-empty strings, got {class_names!r}.")
+    if len(class_names) != classes:
+        raise ValueError(f"{len(class_names)} class_names for a model of {classes} classes.")
+    return tuple(class_names)
+
+
+def _encoded_image_policy(model, record):
+    """(height, width, shorter side or None) of the encoded-image signature: the model's size; a
+    shorter side to resize to before the centre crop where the dataset resizes (ImageNet)."""
+    if model.input.shape[-1] != 3:
+        raise ValueError(
+            f"The model's input has shape {tuple(model.input.shape)}; export needs channels-last RGB "
+            "images (build it with data_format='channels_last')."
+        )
+    height, width = model.input.shape[1:3]
+    if height is None or width is None:
+        if record is None:
+            raise ValueError(
+                "The model takes any image size and dataset is a (mean, std) pair: build it with a "
+                "fixed input_shape, so the encoded-image signature knows what size to take."
+            )
+        height, width = height or record.image_size, width or record.image_size
+    shorter = None
+    if record is not None and record.resize:
+        shorter = round(min(height, width) * record.resize / record.image_size)
+    return height, width, shorter
+
+
+def _normalises_itself(model, dataset):
+    """Whether the model starts with keras_preact's normalisation (`include_preprocessing`); a
+    ValueError if its constants are not `dataset`'s."""
+    try:
+        layer = model.get_layer("preprocessing")
+    except ValueError:
+        return False
+    if not isinstance(layer, Normalize):
+        return False
+    mean, std = np.array(layer.mean), np.array(layer.std)
+    expected_mean, expected_std = normalization(dataset)
+    if not (np.allclose(mean, expected_mean, rtol=1e-5) and np.allclose(std, expected_std, rtol=1e-5)):
+        raise ValueError(
+            f"The model normalises its input itself (include_preprocessing) with mean {mean.round(3).tolist()} "
+            f"and std {std.round(3).tolist()}, but dataset={dataset!r} has mean {expected_mean.round(3).tolist()} "
+            f"and std {expected_std.round(3).tolist()}: pass the dataset the model was built with."
+        )
+    return True
 
 
 def _output_activation(model):
@@ -118,13 +230,13 @@ def export_onnx(model, path, dataset="cifar10"):
     """
     normalization(dataset)  # a bad dataset fails before any work
     _output_activation(model)  # a classifier, softmax or logits
+    normalise = not _normalises_itself(model, dataset)
     path = os.fspath(path)
     if not path.endswith(".onnx"):
         raise ValueError(f"The ONNX file name must end in .onnx, got {path!r}.")
     images = keras.Input(model.input.shape[1:], name="images")
     # Constants, not a Normalization layer: tf2onnx turns that layer's variables into graph inputs.
-    normalised = normalize(images, dataset)
-    served = keras.Model(images, model(normalised), name=f"{model.name}_onnx")
+    served = keras.Model(images, model(normalize(images, dataset) if normalise else images), name=f"{model.name}_onnx")
     served(np.zeros((1, *[d or 32 for d in model.input.shape[1:]]), "float32"))  # Keras exports called models only
     if keras.backend.backend() == "jax":
         with tempfile.TemporaryDirectory() as scratch:
@@ -136,26 +248,79 @@ def export_onnx(model, path, dataset="cifar10"):
     return path
 
 
-def _wrap(bare, target, info, input_shape, softmax_output):
+def _wrap(bare, target, input_shape, dataset, softmax_output, names, image):
+    """Saves the two signatures around the bare network at `target`; `dataset` None: the network
+    normalises itself."""
     import tensorflow as tf
 
     network = tf.saved_model.load(bare)
+    height, width, shorter = image
+
+    def decode(index, data):
+        """One JPEG/PNG file to float32 pixels of the model's size, or an InvalidArgument error."""
+        is_jpeg = tf.strings.substr(data, 0, 3) == b"\xff\xd8\xff"
+        is_png = (tf.strings.substr(data, 0, 8) == b"\x89PNG\r\n\x1a\n") & (tf.strings.length(data) >= 24)
+        known = tf.debugging.Assert(is_jpeg | is_png, [tf.strings.format("Image {} is not a JPEG or PNG file.", index)])
+        with tf.control_dependencies([known]):
+            # From the header, before decoding: (height, width).
+            size = tf.cond(
+                is_jpeg,
+                lambda: tf.io.extract_jpeg_shape(data)[:2],
+                lambda: tf.reverse(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.int32, little_endian=False), [0]),
+            )
+        if shorter is None:
+            fits = (size[0] == height) & (size[1] == width)
+            problem = tf.strings.format(
+                "Image {} is {}x{} pixels (width x height); this model takes exactly %dx%d (images are not "
+                "resized for it)." % (width, height), (index, size[1], size[0]),
+            )
+        else:
+            fits = tf.cast(size[0], tf.int64) * tf.cast(size[1], tf.int64) <= MAX_IMAGE_PIXELS
+            problem = tf.strings.format(
+                "Image {} is {}x{} pixels, over %d megapixels." % (MAX_IMAGE_PIXELS // 10**6), (index, size[1], size[0])
+            )
+        checked = tf.debugging.Assert(fits, [problem])
+        with tf.control_dependencies([checked]):
+            pixels = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        if shorter is None:
+            return tf.ensure_shape(tf.cast(pixels, tf.float32), [height, width, 3])
+        # The standard evaluation view: shorter side to `shorter`, then the centre crop (resized
+        # from uint8: a float32 copy of a large photo would be 4x its size).
+        scale = shorter / tf.cast(tf.reduce_min(size), tf.float32)
+        resized = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), [height, width])
+        pixels = tf.image.resize(pixels, resized, method="bilinear", antialias=True)
+        top, left = (resized[0] - height) // 2, (resized[1] - width) // 2
+        return tf.ensure_shape(pixels[top : top + height, left : left + width, :], [height, width, 3])
 
     class Serving(tf.Module):
         def __init__(self):
             super().__init__()
             self.network = network
+            self.class_names = tf.constant(names)
+
+        def predict(self, pixels):
+            """float32 0-255 pixels → probabilities, top-1 classes."""
+            outputs = self.network.serve(pixels if dataset is None else normalize(pixels, dataset))
+            probabilities = tf.cast(outputs if softmax_output else tf.nn.softmax(outputs, axis=-1), tf.float32)
+            return probabilities, tf.argmax(probabilities, axis=-1, output_type=tf.int64)
 
         @tf.function(input_signature=[tf.TensorSpec([None, *input_shape[1:]], tf.uint8, name="images")])
         def serve(self, images):
-            outputs = self.network.serve(normalize(tf.cast(images, tf.float32), info))
-            probabilities = outputs if softmax_output else tf.nn.softmax(outputs, axis=-1)
-            return {
-                "probabilities": tf.cast(probabilities, tf.float32),
-                "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
-            }
+            probabilities, classes = self.predict(tf.cast(images, tf.float32))
+            return {"probabilities": probabilities, "classes": classes}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        def serve_encoded(self, images):
+            pixels = tf.map_fn(
+                lambda item: decode(*item),
+                (tf.range(tf.size(images, out_type=tf.int64)), images),
+                fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32),
+            )
+            probabilities, classes = self.predict(pixels)
+            return {"probabilities": probabilities, "classes": classes, "class_names": tf.gather(self.class_names, classes)}
 
     module = Serving()
     # Serving needs no gradients; jax2tf-exported networks carry custom ones that cannot be re-saved.
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
-    tf.saved_model.save(module, target, signatures={SIGNATURE: module.serve}, options=options)
+    signatures = {SIGNATURE: module.serve, ENCODED_SIGNATURE: module.serve_encoded}
+    tf.saved_model.save(module, target, signatures=signatures, options=options)

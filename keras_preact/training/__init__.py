@@ -8,6 +8,15 @@ and the run itself.
 """
 
 from keras_preact.training.config import RunConfig, build_model
-from keras_preact.training.runner import TrainingDiverged, run
 
 __all__ = ["RunConfig", "TrainingDiverged", "build_model", "run"]
+
+
+def __getattr__(name):
+    # The runner imports TensorFlow (tf.data); loaded on first use, so that `import keras_preact`
+    # on JAX or torch (preprocess_input, the builders) does not start TensorFlow.
+    if name in ("TrainingDiverged", "run"):
+        from keras_preact.training import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

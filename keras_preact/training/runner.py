@@ -64,6 +64,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         config.batch_size, placement.description,
     )
 
+    class_names = list(train_split.class_names or choices.DATASETS[config.dataset].class_names)
     with _own_folder(config.model_dir, placement.is_chief) as folder:
         model = _compiled_model(config, placement, steps_per_epoch)
         first_epoch = _restore(model, os.path.join(config.model_dir, CHECKPOINT), steps_per_epoch)
@@ -81,7 +82,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         exported = None
         if export_dir is not None:
             target = export_dir if placement.is_chief else os.path.join(folder, "export")
-            exported = export_saved_model(model, target, config.dataset, version=next_version(target))
+            exported = export_saved_model(model, target, config.dataset, version=next_version(target), class_names=class_names)
     if not placement.is_chief:
         return None
 
@@ -105,7 +106,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         "wall_seconds": round(time.perf_counter() - started, 1),
         "parameters": model.count_params(),
         "model_options": config.model_options,
-        "class_names": list(train_split.class_names or choices.DATASETS[config.dataset].class_names),
+        "class_names": class_names,
         "machine": runtime.describe(),
     }
     if exported:
