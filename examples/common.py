@@ -25,6 +25,11 @@ def define_training_flags(depth):
     flags.DEFINE_integer("cpu_replicas", None, "Split the CPU into N logical devices (TensorFlow, JAX) to run the multi-replica path without GPUs.")
     flags.DEFINE_enum("mixed_precision", "none", choices.PRECISIONS.names, "Mixed precision compute type.")
     flags.DEFINE_integer("seed", 0, "Random seed (initialisation, shuffling, augmentation).")
+    flags.DEFINE_enum(
+        "input_pipeline", "auto", choices.INPUT_PIPELINES.names,
+        "tf_data: tf.data on the host (TensorFlow). device: the split on the accelerator, batches made there "
+        "(jax/torch backends, an image folder as --data_dir, no TensorFlow). auto: tf_data where TensorFlow is installed.",
+    )
 
 
 def prepare(argv):
@@ -42,6 +47,6 @@ def run_config(**overrides):
     from keras_preact.training import RunConfig
 
     names = ("dataset", "data_dir", "depth", "block", "recipe", "epochs", "batch_size", "train_subset",
-             "model_dir", "strategy", "mixed_precision", "seed")
+             "model_dir", "strategy", "mixed_precision", "seed", "input_pipeline")
     values = {name: getattr(FLAGS, name) for name in names}
     return RunConfig(**{**values, **overrides}).resolved()

@@ -1,5 +1,7 @@
-"""Shared test helpers: fresh-process runs, non-trivial BatchNorm statistics, a NumPy reference."""
+"""Shared test helpers: fresh-process runs (also without TensorFlow), non-trivial BatchNorm
+statistics, a NumPy reference."""
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +21,42 @@ def run_python(code, backend=None, timeout=600, check=True):
     if check:
         assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
     return result
+
+
+# Makes TensorFlow unimportable, as on a machine without it: `import tensorflow` (or
+# tensorflow_datasets, ...) fails as for a missing package and `importlib.util.find_spec` finds
+# nothing. At exit the process prints the TensorFlow modules it holds.
+WITHOUT_TENSORFLOW = """
+import atexit, importlib.util, json, sys
+def _tensorflow(name):
+    top = name.split(".")[0]
+    return top == "tensorflow" or top.startswith("tensorflow_")
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: None if _tensorflow(name) else _find_spec(name, package)
+class _NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if _tensorflow(name):
+            raise ModuleNotFoundError(f"No module named {name!r} (made unimportable by the test)", name=name)
+sys.meta_path.insert(0, _NoTensorFlow())
+atexit.register(lambda: print("TENSORFLOW_MODULES", json.dumps(sorted(m for m in sys.modules if _tensorflow(m))), flush=True))
+"""
+
+
+def run_script_without_tensorflow(script, arguments, backend=None, timeout=600):
+    """Runs the Python file `script` with `arguments` where TensorFlow cannot be imported.
+
+    Returns (completed process, the TensorFlow modules the process held at exit).
+    """
+    code = WITHOUT_TENSORFLOW + (
+        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(script))!r})\n"
+        f"sys.argv = {[script, *arguments]!r}\n"
+        f"import runpy\nrunpy.run_path({script!r}, run_name='__main__')\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND=backend or keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+    reports = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("TENSORFLOW_MODULES ")]
+    assert reports, f"the process did not reach its exit report:\n{result.stderr[-3000:]}"
+    return result, json.loads(reports[-1])
 
 
 def randomize_batch_norms(model, seed=0):

@@ -36,6 +36,9 @@ class RunConfig:
         mixed_precision: `"none"`, `"float16"` or `"bfloat16"`.
         seed: initialisation, shuffling and augmentation; epoch e's order and augmentation depend
             on (seed, e) alone.
+        input_pipeline: `"auto"` (tf.data where TensorFlow is installed, else on-device batches),
+            `"tf_data"` or `"device"` (`keras_preact.choices.INPUT_PIPELINES`; the two draw
+            different random orders and crops, so a run resumes on the one it started with).
         model_options: further `PreActResNet` arguments (`MODEL_OPTIONS`).
     """
 
@@ -51,6 +54,7 @@ class RunConfig:
     strategy: str = "auto"
     mixed_precision: str = "none"
     seed: int = 0
+    input_pipeline: str = "auto"
     model_options: dict = dataclasses.field(default_factory=dict)
 
     def resolved(self):
@@ -70,6 +74,7 @@ class RunConfig:
         choices.STRATEGIES.check(self.strategy)
         choices.PRECISIONS.check(self.mixed_precision)
         choices.check_count("seed", self.seed, minimum=0)
+        choices.INPUT_PIPELINES.check(self.input_pipeline)
         return dataclasses.replace(
             self,
             block=block,

@@ -2,10 +2,12 @@
 
 `run(RunConfig(...))` is what `examples/cifar.py` and the ablation grid call. A run writes to
 `model_dir`: `config.json`, `checkpoint.weights.h5` (model + optimizer after the last good epoch;
-a restarted run resumes from it), `history.csv`, TensorBoard `logs/`, and at the end
-`model.weights.h5`, `results.json` and `curves.png`.
+a restarted run resumes from it), `history.csv`, TensorBoard `logs/` (tf.data pipeline), and at
+the end `model.weights.h5`, `results.json` and `curves.png`. The input pipeline is chosen by
+`pipelines` and imported only when chosen: on the device pipeline nothing imports TensorFlow.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,7 +19,7 @@ from keras_preact import choices
 from keras_preact.model.builders import load_weights
 from keras_preact.serving.layout import check_export_dir, next_version
 from keras_preact.serving.saved_model import export_saved_model
-from keras_preact.training import data, distribute
+from keras_preact.training import distribute, pipelines
 from keras_preact.training.callbacks import Checkpoint, StopOnNaN, Throughput
 from keras_preact.training.config import RunConfig, build_model
 from keras_preact.training.recipe import make_optimizer
@@ -35,12 +37,15 @@ class TrainingDiverged(RuntimeError):
 def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     """Trains, evaluates and returns the results dict (also written to `model_dir/results.json`).
 
-    `train_split`/`test_split` (`data.Split`, e.g. from `data.from_arrays`) replace the dataset
-    source when given. With `export_dir`, the trained model is exported there as a TF Serving
-    SavedModel (`export_saved_model`, next free version).
+    `train_split`/`test_split` (`sources.Split`, e.g. from `sources.from_arrays`) replace the
+    dataset source when given. With `export_dir`, the trained model is exported there as a TF
+    Serving SavedModel (`export_saved_model`, next free version).
     """
     started = time.perf_counter()
     config = config.resolved()
+    # "auto" resolved before the run is claimed: config.json names the pipeline that ran, and a
+    # resume on another one (other random draws) is refused.
+    config = dataclasses.replace(config, input_pipeline=pipelines.resolve(config.input_pipeline))
     if export_dir is not None:
         check_export_dir(export_dir)  # before hours of training, not after
     # First, before TensorFlow runs any op: multi-worker collectives are configured at start-up.
@@ -48,8 +53,10 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     _claim_model_dir(config)
     keras.utils.set_random_seed(config.seed)
 
+    pipeline = pipelines.get(config.input_pipeline)
+    log.info("Input pipeline: %s (%s)", config.input_pipeline, choices.INPUT_PIPELINES[config.input_pipeline])
     if train_split is None or test_split is None:
-        train_split, test_split = data.load(config.dataset, config.data_dir)
+        train_split, test_split = pipeline.load(config.dataset, config.data_dir)
     train_split = train_split.subset(config.train_subset)
     if config.batch_size % placement.replicas:
         raise ValueError(f"batch_size={config.batch_size} must divide evenly over {placement.replicas} replicas.")
@@ -73,11 +80,11 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         )
         first_epoch = _restore(model, checkpoint, steps_per_epoch)
 
-    test_data = data.eval_dataset(test_split, info, config.batch_size)
+    test_data = pipeline.eval_dataset(test_split, info, config.batch_size)
     nan_guard, throughput = StopOnNaN(), Throughput(config.batch_size)
     if first_epoch < config.epochs:
         model.fit(
-            data.train_dataset(train_split, info, config.batch_size, config.seed, config.epochs, first_epoch),
+            pipeline.train_dataset(train_split, info, config.batch_size, config.seed, config.epochs, first_epoch),
             epochs=config.epochs,
             initial_epoch=first_epoch,
             steps_per_epoch=steps_per_epoch,
@@ -88,7 +95,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
                 throughput,
                 keras.callbacks.CSVLogger(os.path.join(config.model_dir, "history.csv"), append=True),
                 Checkpoint(checkpoint),
-                keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs")),
+                *_tensorboard(config),
             ],
             verbose=verbose,
         )
@@ -109,6 +116,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "replicas": placement.replicas,
         "placement": placement.description,
+        "input_pipeline": config.input_pipeline,
         "test_error": round(100.0 * (1.0 - float(accuracy)), 3),
         "test_accuracy": float(accuracy),
         "train_images_per_second": round(throughput.images_per_second(), 1),
@@ -130,6 +138,15 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     return results
 
 
+def _tensorboard(config):
+    """Keras' TensorBoard callback writes through TensorFlow, which the device pipeline leaves out."""
+    if config.input_pipeline != "tf_data":
+        log.info("No TensorBoard logs with input_pipeline=%r (they need TensorFlow); history.csv and "
+                 "curves.png hold the curves.", config.input_pipeline)
+        return []
+    return [keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"))]
+
+
 def _claim_model_dir(config):
     """Writes `config.json`, or checks that the one there describes this run (a resume)."""
     if os.path.exists(config.model_dir) and not os.path.isdir(config.model_dir):
@@ -141,6 +158,8 @@ def _claim_model_dir(config):
             previous = RunConfig.load(path).to_dict()
         except (OSError, ValueError) as error:
             raise ValueError(f"{error} Use a new model_dir, or remove {path}.") from None
+        # A configuration from before the pipeline was recorded says "auto".
+        previous["input_pipeline"] = pipelines.resolve(previous["input_pipeline"])
         now = config.to_dict()
         # Where the folder is does not make it another run.
         differences = [key for key in now if key != "model_dir" and previous[key] != now[key]]
