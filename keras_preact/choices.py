@@ -286,7 +286,7 @@ INPUT_PIPELINES = Choices(
     {
         "auto": "tf_data where TensorFlow is installed, else device",
         "tf_data": "tf.data on the host (TensorFlow), every backend",
-        "device": "the split on the accelerator, batches made there (jax and torch backends, no TensorFlow)",
+        "device": "the split on the accelerator, batches made there; jax and torch backends, no TensorFlow",
     },
 )
 

@@ -42,21 +42,22 @@ atexit.register(lambda: print("TENSORFLOW_MODULES", json.dumps(sorted(m for m in
 """
 
 
-def run_script_without_tensorflow(script, arguments, backend=None, timeout=600):
-    """Runs the Python file `script` with `arguments` where TensorFlow cannot be imported.
-
-    Returns (completed process, the TensorFlow modules the process held at exit).
-    """
+def without_tensorflow(script, arguments):
+    """The command that runs the Python file `script` with `arguments` where TensorFlow cannot be
+    imported; its last stdout line is "TENSORFLOW_MODULES [...]" (see `tensorflow_modules`)."""
     code = WITHOUT_TENSORFLOW + (
         f"sys.path.insert(0, {os.path.dirname(os.path.abspath(script))!r})\n"
         f"sys.argv = {[script, *arguments]!r}\n"
         f"import runpy\nrunpy.run_path({script!r}, run_name='__main__')\n"
     )
-    env = dict(os.environ, KERAS_BACKEND=backend or keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
-    reports = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("TENSORFLOW_MODULES ")]
-    assert reports, f"the process did not reach its exit report:\n{result.stderr[-3000:]}"
-    return result, json.loads(reports[-1])
+    return [sys.executable, "-c", code]
+
+
+def tensorflow_modules(stdout):
+    """The TensorFlow modules a process started by `without_tensorflow` held at exit."""
+    reports = [line.split(" ", 1)[1] for line in stdout.splitlines() if line.startswith("TENSORFLOW_MODULES ")]
+    assert reports, "the process did not reach its exit report"
+    return json.loads(reports[-1])
 
 
 def randomize_batch_norms(model, seed=0):
