@@ -134,7 +134,7 @@ def keras_throughput(args):
     y = keras.ops.convert_to_tensor(rng.integers(0, 10, size=args.batch).astype("int32"))
     timer = EpochSeconds()
     # Epoch 1 traces and compiles; the others are timed.
-    model.fit(SameBatch(x, y, args.steps), epochs=1 + args.repeats, callbacks=[timer], verbose=0)
+    model.fit(SameBatch(x, y, args.steps), epochs=1 + args.repeats, shuffle=False, callbacks=[timer], verbose=0)
     seconds = statistics.median(timer.seconds[1:]) / args.steps
     return {"impl": f"keras_preact/{keras.backend.backend()}", "build_seconds": build_seconds,
             "first_epoch_seconds": timer.seconds[0], "step_ms": 1000 * seconds, "images_per_second": args.batch / seconds,

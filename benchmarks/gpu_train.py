@@ -130,7 +130,7 @@ def main():
     report = epoch_report(batches.steps, config.batch_size, target)
     model.fit(batches, epochs=config.epochs, steps_per_epoch=batches.steps,
               validation_data=device_data.eval_dataset(test, info, config.batch_size),
-              callbacks=[report], verbose=0)
+              shuffle=False, callbacks=[report], verbose=0)
 
     rows = report.epochs
     steady = [row["epoch_seconds"] for row in rows[1:]] or [rows[0]["epoch_seconds"]]

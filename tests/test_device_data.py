@@ -274,8 +274,8 @@ def test_batches_past_the_end_are_an_index_error():
 
 @device_backends
 def test_keras_passes_the_device_batches_through_unchanged():
-    """fit's own adapter (Keras 3.15: PyDatasetAdapter) hands the step the tensors we made: no
-    copy to the host and back."""
+    """fit's own adapter (Keras 3.15: PyDatasetAdapter) hands the steps the tensors we made, in our
+    order: no copy to the host and back, no reshuffling."""
     from keras.src.trainers.data_adapters import get_data_adapter
 
     made = []
@@ -285,14 +285,19 @@ def test_keras_passes_the_device_batches_through_unchanged():
             made.append(super().__getitem__(index))
             return made[-1]
 
-    adapter = get_data_adapter(Recorded(random_split(32), CIFAR10, batch_size=8))
-    if BACKEND == "jax":
-        fed = next(iter(adapter.get_jax_iterator()))
-        assert fed[0] is made[0][0] and fed[1] is made[0][1]
-    else:
-        fed = next(iter(adapter.get_torch_dataloader()))
-        assert fed[0].data_ptr() == made[0][0].data_ptr() and fed[0].device == made[0][0].device
-        assert fed[1].data_ptr() == made[0][1].data_ptr()
+    dataset = Recorded(random_split(32), CIFAR10, batch_size=8, epochs=3)
+    with pytest.warns(UserWarning, match="shuffle=True` was passed, but will be ignored"):
+        adapter = get_data_adapter(dataset, shuffle=True)  # fit's default: our order stands
+    iterator = iter(adapter.get_jax_iterator() if BACKEND == "jax" else adapter.get_torch_dataloader())
+    fed = [next(iterator) for _ in range(len(dataset))]
+    assert len(made) == len(dataset)
+    for ours, theirs in zip(made, fed):
+        if BACKEND == "jax":
+            assert theirs[0] is ours[0] and theirs[1] is ours[1]
+        else:
+            assert theirs[0].data_ptr() == ours[0].data_ptr() and theirs[0].device == ours[0].device
+            assert theirs[1].data_ptr() == ours[1].data_ptr()
+    np.testing.assert_array_equal(numpy(fed[4][1]), numpy(dataset[4][1]))  # batch i is batch i
 
 
 # --- choosing the pipeline ------------------------------------------------------------------------

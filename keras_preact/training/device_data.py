@@ -120,7 +120,8 @@ class _SplitOnDevice(keras.utils.PyDataset):
 
 class TrainBatches(_SplitOnDevice):
     """Shuffled and augmented batches of epochs `first_epoch` … `epochs - 1`, one after another:
-    a `keras.utils.PyDataset` for `fit` (pass `steps_per_epoch=batches.steps`).
+    a `keras.utils.PyDataset` for `fit` (pass `steps_per_epoch=batches.steps`); batch i is
+    step i % steps of epoch first_epoch + i // steps.
 
     Each epoch drops the last partial global batch. `process=(index, count)`: this process's
     slice of every global batch of `batch_size` (batch_size / count examples), so that `count`
@@ -145,6 +146,13 @@ class TrainBatches(_SplitOnDevice):
 
     def __len__(self):
         return self.steps * (self.epochs - self.first_epoch)
+
+    @property
+    def num_batches(self):
+        # None ("no end" to Keras), so that fit never reorders the batches: with its default
+        # shuffle=True it permutes a finite PyDataset's indices, here across the whole run. fit
+        # stops after epochs x steps_per_epoch; len() is the real count.
+        return None
 
     def _upload_draws(self, epoch):
         """This process's positions [steps, local] and every image's flip and offsets for `epoch`."""
