@@ -382,12 +382,31 @@ def test_a_run_on_the_sample_folder_learns_without_tensorflow_and_resumes_bit_fo
 
 
 @device_backends
-def test_a_run_resumes_only_on_its_own_pipeline(tmp_path):
+def test_a_run_resumes_only_on_its_own_pipeline(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
     split = random_split(40)
     split = sources.Split(split.images, split.labels % 10)
-    config = training.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path), input_pipeline="device")
-    assert training.run(config, split, split, verbose=0)["input_pipeline"] == "device"
-    other = training.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path), input_pipeline="tf_data")
+    settings = dict(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path))
+    assert training.run(training.RunConfig(**settings, input_pipeline="device"), split, split, verbose=0)["input_pipeline"] == "device"
     with pytest.raises(ValueError, match=r"other settings \(input_pipeline: 'device' there, 'tf_data' now\)"):
-        training.run(other, split, split, verbose=0)
+        training.run(training.RunConfig(**settings, input_pipeline="tf_data"), split, split, verbose=0)
+    # With TensorFlow installed "auto" is tf_data: not this run's pipeline either.
+    with pytest.raises(ValueError, match=r"input_pipeline: 'device' there, 'tf_data' now"):
+        training.run(training.RunConfig(**settings), split, split, verbose=0)
+    # A config.json from before the field existed reads as "auto", resolved as today.
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["input_pipeline"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(pipelines, "tensorflow_installed", lambda: False)
+    assert training.run(training.RunConfig(**settings), split, split, verbose=0)["input_pipeline"] == "device"
+
+
+@device_backends
+def test_export_without_tensorflow_is_refused_before_training(tmp_path):
+    arguments = [f"--data_dir={SAMPLE}", "--depth=8", "--batch_size=10", "--epochs=1",
+                 f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}"]
+    done = subprocess.run(without_tensorflow(os.path.join(ROOT, "examples", "cifar.py"), arguments),
+                          env=dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "export_dir needs TensorFlow (a SavedModel), which is not installed here" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()  # refused before anything was written

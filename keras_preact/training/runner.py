@@ -48,6 +48,11 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     config = dataclasses.replace(config, input_pipeline=pipelines.resolve(config.input_pipeline))
     if export_dir is not None:
         check_export_dir(export_dir)  # before hours of training, not after
+        if not pipelines.tensorflow_installed():
+            raise ValueError(
+                "export_dir needs TensorFlow (a SavedModel), which is not installed here. Train without "
+                "export_dir and export the run later with `python -m keras_preact.export` where TensorFlow is."
+            )
     # First, before TensorFlow runs any op: multi-worker collectives are configured at start-up.
     placement = distribute.place(config.strategy)
     _claim_model_dir(config)
@@ -158,8 +163,8 @@ def _claim_model_dir(config):
             previous = RunConfig.load(path).to_dict()
         except (OSError, ValueError) as error:
             raise ValueError(f"{error} Use a new model_dir, or remove {path}.") from None
-        # A configuration from before the pipeline was recorded says "auto".
-        previous["input_pipeline"] = pipelines.resolve(previous["input_pipeline"])
+        if previous["input_pipeline"] == "auto":  # written before the pipeline was recorded
+            previous["input_pipeline"] = pipelines.resolve("auto")
         now = config.to_dict()
         # Where the folder is does not make it another run.
         differences = [key for key in now if key != "model_dir" and previous[key] != now[key]]

@@ -163,11 +163,12 @@ def _decode_file(path):
 
     try:
         with Image.open(path) as image:
-            if image.mode == "P" and "transparency" not in image.info:
-                image = image.convert("RGB")  # a palette PNG: its colours, as TensorFlow decodes it
+            if image.mode == "P":  # a palette PNG: its colours (and alpha), as TensorFlow decodes it
+                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
             pixels = np.asarray(image)
-    except (UnidentifiedImageError, OSError, SyntaxError):  # Pillow raises SyntaxError for some bad headers
-        raise ValueError(f"Cannot decode {path}: not a readable JPEG or PNG image.") from None
+    # Pillow raises SyntaxError for some bad headers, DecompressionBombError for giant images.
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"Cannot decode {path}: not a readable JPEG or PNG image ({error}).") from None
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     if pixels.dtype != np.uint8 or pixels.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE) or channels != 3:
         raise ValueError(
