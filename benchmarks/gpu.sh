@@ -106,7 +106,10 @@ throughput_extra() {
 
 # shellcheck disable=SC2086
 case $mode in
-throughput) throughput_core && throughput_extra ;;
+throughput)
+    throughput_core
+    throughput_extra
+    ;;
 train) step train 100000 "${TRAIN_BACKEND:-jax}" $python benchmarks/gpu_train.py --data_dir=$data $train_arguments ;;
 all)
     throughput_core
