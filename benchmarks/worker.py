@@ -89,7 +89,7 @@ def pipeline(args):
     decode = time.perf_counter() - start
     dataset = source.train_dataset(train, choices.DATASETS["cifar10"], batch_size=args.batch)
     batches = len(train) // args.batch
-    iterator = iter(dataset)  # the device pipeline is a sequence: iter() indexes it
+    iterator = iter(dataset)
     next(iterator)
     start = time.perf_counter()
     for _ in range(batches - 1):

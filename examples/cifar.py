@@ -29,6 +29,8 @@ def main(argv):
     except (ValueError, RuntimeError, OSError) as error:
         logging.error("%s", error)
         sys.exit(1)
+    if results is None:
+        return  # not the chief of a multi-process run: the chief reports
     print(f"test error {results['test_error']:.2f}% | {results['train_images_per_second']:.0f} images/s | "
           f"{results['wall_seconds']:.0f} s | input pipeline {results['input_pipeline']} | {config.model_dir}/results.json")
     if "export" in results:

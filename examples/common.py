@@ -24,6 +24,11 @@ def define_training_flags(depth):
     flags.DEFINE_enum("strategy", "auto", choices.STRATEGIES.names, "Device placement.")
     flags.DEFINE_integer("cpu_replicas", None, "Split the CPU into N logical devices (TensorFlow, JAX) to run the multi-replica path without GPUs.")
     flags.DEFINE_enum("mixed_precision", "none", choices.PRECISIONS.names, "Mixed precision compute type.")
+    flags.DEFINE_enum("batch_norm", "per_replica", choices.BATCH_NORMS.names,
+                      "BatchNorm statistics over several replicas: each replica's batch, or the global batch.")
+    flags.DEFINE_list("job_addresses", None, "JAX processes: coordinator first (default: $KERAS_DISTRIBUTION_JOB_ADDRESSES).")
+    flags.DEFINE_integer("num_processes", None, "JAX processes in the run (default: $KERAS_DISTRIBUTION_NUM_PROCESSES).")
+    flags.DEFINE_integer("process_id", None, "This JAX process's index (default: $KERAS_DISTRIBUTION_PROCESS_ID).")
     flags.DEFINE_integer("seed", 0, "Random seed (initialisation, shuffling, augmentation).")
     flags.DEFINE_enum(
         "input_pipeline", "auto", choices.INPUT_PIPELINES.names,
@@ -33,13 +38,14 @@ def define_training_flags(depth):
 
 
 def prepare(argv):
-    """Rejects stray arguments and splits the CPU as `--cpu_replicas` asks, before the backend
-    initialises its devices."""
+    """Rejects stray arguments, then, before the backend initialises its devices, joins the other
+    processes of a multi-process run and splits the CPU as `--cpu_replicas` asks."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     from keras_preact.training import distribute
 
-    distribute.split_cpu(FLAGS.cpu_replicas)
+    addresses = ",".join(FLAGS.job_addresses) if FLAGS.job_addresses else None
+    distribute.start(FLAGS.cpu_replicas, addresses, FLAGS.num_processes, FLAGS.process_id)
 
 
 def run_config(**overrides):
@@ -47,6 +53,6 @@ def run_config(**overrides):
     from keras_preact.training import RunConfig
 
     names = ("dataset", "data_dir", "depth", "block", "recipe", "epochs", "batch_size", "train_subset",
-             "model_dir", "strategy", "mixed_precision", "seed", "input_pipeline")
+             "model_dir", "strategy", "mixed_precision", "batch_norm", "seed", "input_pipeline")
     values = {name: getattr(FLAGS, name) for name in names}
     return RunConfig(**{**values, **overrides}).resolved()

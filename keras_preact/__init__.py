@@ -11,6 +11,11 @@ and ONNX export, a TF-Serving-style REST server); `choices` holds every named op
 commands are `examples/cifar.py`, `python -m keras_preact.export` and `python -m keras_preact.serve`.
 """
 
+# First, before Keras imports its backend: oneDNN and thread settings (see runtime.py).
+from keras_preact import runtime  # isort: skip
+
+runtime.configure()
+
 from keras_preact.model.builders import (
     PreActResNet,
     ResNet50,

@@ -345,3 +345,12 @@ VARIANTS = Choices(
         "full_preact": Variant({"unit": "full_preact"}, 6.37, 5.46),
     },
 )
+
+BATCH_NORMS = Choices(
+    "batch_norm",
+    {
+        # The paper's Torch code and tf.distribute's default: each replica normalises its own batch.
+        "per_replica": "statistics of each replica's share of the batch",
+        "synchronized": "statistics of the global batch, all-reduced across replicas",
+    },
+)

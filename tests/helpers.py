@@ -12,9 +12,11 @@ import numpy as np
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
-def run_python(code, backend=None, timeout=600, check=True):
-    """Runs `code` in a fresh Python process on `backend` (default: this one); returns the result."""
-    env = dict(os.environ, KERAS_BACKEND=backend or keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="3")
+def run_python(code, backend=None, timeout=600, check=True, env=None):
+    """Runs `code` in a fresh Python process on `backend` (default: this one); returns the result.
+    `env`: variables to set, or to remove where the value is None."""
+    env = {**dict(os.environ, KERAS_BACKEND=backend or keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="3"), **(env or {})}
+    env = {name: value for name, value in env.items() if value is not None}
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout
     )

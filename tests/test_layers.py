@@ -16,15 +16,18 @@ def _copy_weights(source, target):
         b.assign(numpy(a))
 
 
-def _train_side_by_side(make_keras_layer, make_our_layer, x, data_format, steps=3):
+def _train_side_by_side(make_keras_layer, make_our_layer, x, data_format, steps=3, keras_format=None):
     """Two one-layer models with equal weights, trained with SGD on the same data; returns per
-    model its losses, weights and inference output."""
+    model its losses, weights and inference output. `keras_format`: the data format of Keras'
+    model, which then sees `x` transposed to it (default: `data_format`)."""
     rng = np.random.default_rng(1)
     runs = []
     models = []
-    for make in (make_keras_layer, make_our_layer):
-        inputs = keras.Input(x.shape[1:])
-        outputs = keras.layers.GlobalAveragePooling2D(data_format=data_format)(
+    keras_format = keras_format or data_format
+    inputs_of = {data_format: x, keras_format: _to_format(x, data_format, keras_format)}
+    for make, fmt in ((make_keras_layer, keras_format), (make_our_layer, data_format)):
+        inputs = keras.Input(inputs_of[fmt].shape[1:])
+        outputs = keras.layers.GlobalAveragePooling2D(data_format=fmt)(
             keras.layers.Activation("relu")(make()(inputs))
         )
         models.append(keras.Model(inputs, keras.layers.Dense(3, kernel_initializer="ones")(outputs)))
@@ -33,11 +36,18 @@ def _train_side_by_side(make_keras_layer, make_our_layer, x, data_format, steps=
     )
     _copy_weights(models[0], models[1])
     y = np.arange(len(x)) % 3
-    for model in models:
+    for model, fmt in zip(models, (keras_format, data_format)):
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="sparse_categorical_crossentropy")
-        losses = [float(model.train_on_batch(x, y)) for _ in range(steps)]
-        runs.append((losses, [numpy(w) for w in model.weights], numpy(model(x, training=False))))
+        losses = [float(model.train_on_batch(inputs_of[fmt], y)) for _ in range(steps)]
+        runs.append((losses, [numpy(w) for w in model.weights], numpy(model(inputs_of[fmt], training=False))))
     return runs
+
+
+def _to_format(x, source, target):
+    if source == target:
+        return x
+    return x.transpose(0, 2, 3, 1) if target == "channels_last" else x.transpose(0, 3, 1, 2)
+
 
 
 def _assert_same_training(runs):
@@ -152,11 +162,15 @@ def test_conv_trains_like_keras(kwargs, data_format):
     x = np.random.default_rng(4).normal(size=(4, 3, 9, 9)).astype("float32")
     if data_format == "channels_last":
         x = x.transpose(0, 2, 3, 1)
+    # The reference is Keras' channels-last layer on the same numbers: Keras' channels-first one
+    # cannot train on TensorFlow's CPU kernels (oneDNN off), and on TensorFlow it adds the bias
+    # over the wrong axis when width == channels (Keras 3.15.1), as in "3x3_valid_s2" here.
     runs = _train_side_by_side(
-        lambda: keras.layers.Conv2D(data_format=data_format, **kwargs),
+        lambda: keras.layers.Conv2D(data_format="channels_last", **kwargs),
         lambda: layers.Conv2D(data_format=data_format, **kwargs),
         x,
         data_format,
+        keras_format="channels_last",
     )
     _assert_same_training(runs)
 
@@ -168,3 +182,37 @@ def test_networks_are_built_from_the_fast_layers():
     convs = [layer for layer in sublayers if isinstance(layer, keras.layers.Conv2D)]
     assert norms and all(isinstance(layer, layers.BatchNorm) for layer in norms)
     assert convs and all(isinstance(layer, layers.Conv2D) for layer in convs)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_virtual_groups_normalise_each_group_alone(axis):
+    """Per-replica statistics on one array: each half of the batch as if it were alone, and the
+    moving statistics the mean of the halves' updates (what a MirroredStrategy keeps)."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(8, 3, 5, 4)).astype("float32") * np.array([1.0, 2.0, 3.0, 0.5], "float32")
+    halves = x[:4] + 1.0, x[4:] - 2.0
+    x = np.concatenate(halves)
+    if axis == 1:
+        x, halves = x.transpose(0, 3, 1, 2), tuple(h.transpose(0, 3, 1, 2) for h in halves)
+    grouped = layers.BatchNorm(axis=axis, virtual_groups=2, momentum=0.9, epsilon=1e-5)
+    out = numpy(grouped(x, training=True))
+    alone = [layers.BatchNorm(axis=axis, momentum=0.9, epsilon=1e-5) for _ in halves]
+    expected = np.concatenate([numpy(layer(half, training=True)) for layer, half in zip(alone, halves)])
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    for name in ("moving_mean", "moving_variance"):
+        mean_of_halves = np.mean([numpy(getattr(layer, name)) for layer in alone], axis=0)
+        np.testing.assert_allclose(numpy(getattr(grouped, name)), mean_of_halves, rtol=1e-5, atol=1e-6)
+
+
+def test_replica_options_round_trip_and_bad_values():
+    layer = layers.BatchNorm(virtual_groups=4, synchronized=True)
+    config = layer.get_config()
+    assert config["virtual_groups"] == 4 and config["synchronized"] is True
+    restored = layers.BatchNorm.from_config(config)
+    assert restored.virtual_groups == 4 and restored.synchronized_statistics is True
+    with pytest.raises(ValueError, match="virtual_groups must be a positive integer, got 0"):
+        layers.BatchNorm(virtual_groups=0)
+    with pytest.raises(TypeError, match="synchronized must be True or False"):
+        layers.BatchNorm(synchronized="yes")
+    with pytest.raises(ValueError, match="a batch of 6 does not split into virtual_groups=4"):
+        layers.BatchNorm(virtual_groups=4)(np.ones((6, 2, 2, 3), "float32"), training=True)

@@ -166,7 +166,7 @@ def test_torch_backend_says_one_device():
     out = run_python(code, backend="torch").stdout
     assert "torch backend: one device (cpu)" in out
     failed = run_python("from keras_preact.training import distribute; distribute.place('mirrored')", backend="torch", check=False)
-    assert "not available on the torch backend" in failed.stderr
+    assert "on the torch backend runs under torchrun: torchrun --nproc_per_node=N" in failed.stderr
 
 
 def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_state(tmp_path, monkeypatch):

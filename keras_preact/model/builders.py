@@ -12,7 +12,7 @@ import keras
 
 from keras_preact import choices
 from keras_preact.model.layers import batch_norm, conv
-from keras_preact.model.units import ResidualUnit
+from keras_preact.model.units import ResidualUnit, check_batch_norm_options
 
 # Torch's nn.Linear init, uniform(±1/sqrt(fan_in)); the official code zeroes the bias.
 DENSE_INITIALIZER = {
@@ -85,26 +85,26 @@ def _inputs(input_tensor, input_shape, stem, data_format):
     return input_tensor
 
 
-def _activate(x, operations, prefix, axis, dtype):
+def _activate(x, operations, prefix, axis, dtype, norm_options):
     for operation in operations:
         if operation == "bn":
-            x = batch_norm(f"{prefix}_bn", axis, dtype)(x)
+            x = batch_norm(f"{prefix}_bn", axis, dtype, **norm_options)(x)
         else:
             x = keras.layers.ReLU(dtype=dtype, name=f"{prefix}_relu")(x)
     return x
 
 
-def _stem(x, stem, unit, data_format, axis, dtype):
+def _stem(x, stem, unit, data_format, axis, dtype, norm_options):
     layout = dict(data_format=data_format, dtype=dtype)
     if stem == "cifar":
         # Full pre-activation: a bare conv; the first unit pre-activates (resnet-pre-act.lua).
         x = conv(16, 3, "conv1", **layout)(x)
-        return _activate(x, choices.ORDERINGS[unit].stem, "conv1", axis, dtype)
+        return _activate(x, choices.ORDERINGS[unit].stem, "conv1", axis, dtype, norm_options)
     # Explicit symmetric padding = Torch's 7x7/2 pad 3 and 3x3/2 max-pool pad 1; after the ReLU,
     # zero padding equals Torch's -inf padding for the max-pool.
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad", **layout)(x)
     x = conv(64, 7, "conv1_conv", strides=2, padding="valid", **layout)(x)
-    x = _activate(x, ("bn", "relu"), "conv1", axis, dtype)
+    x = _activate(x, ("bn", "relu"), "conv1", axis, dtype, norm_options)
     x = keras.layers.ZeroPadding2D(1, name="pool1_pad", **layout)(x)
     return keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool", **layout)(x)
 
@@ -167,6 +167,7 @@ def PreActResNet(
     remat=False,
     dtype=None,
     data_format=None,
+    batch_norm_options=None,
     name=None,
     **shortcut_options,
 ):
@@ -212,6 +213,8 @@ def PreActResNet(
             global policy. Under a mixed policy the classifier computes in float32.
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
+        batch_norm_options: how every BatchNorm's training statistics span data-parallel
+            replicas (`{"synchronized": True}`, `{"virtual_groups": n}`; see `ResidualUnit`).
         name: model name; defaults to `"preact_resnet{depth}"`.
         **shortcut_options: `shortcut_scale`, `residual_scale` (constant scaling), `gate_bias`
             (gating), `dropout_rate` (dropout); see `ResidualUnit`.
@@ -247,10 +250,11 @@ def PreActResNet(
     data_format = choices.DATA_FORMATS.check(data_format or keras.config.image_data_format())
     axis = choices.DATA_FORMATS[data_format]
     policy = keras.dtype_policies.get(dtype or keras.config.dtype_policy())
+    norm_options = check_batch_norm_options(batch_norm_options)
     name = name or f"preact_resnet{depth}"
 
     inputs = _inputs(input_tensor, input_shape, stem, data_format)
-    x = _stem(inputs, stem, unit, data_format, axis, policy)
+    x = _stem(inputs, stem, unit, data_format, axis, policy, norm_options)
     for stage, ((filters, stride), count) in enumerate(zip(choices.STEMS[stem].stages, stages), start=1):
         for index in range(1, count + 1):
             if index > 1:
@@ -271,10 +275,11 @@ def PreActResNet(
                 remat=remat,
                 data_format=data_format,
                 dtype=policy,
+                batch_norm_options=norm_options,
                 name=f"stage{stage}_unit{index}",
                 **shortcut_options,
             )(x)
-    x = _activate(x, choices.ORDERINGS[unit].head, "post", axis, policy)
+    x = _activate(x, choices.ORDERINGS[unit].head, "post", axis, policy, norm_options)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(data_format=data_format, dtype=policy, name="avg_pool")(x)
         x = keras.layers.Dense(

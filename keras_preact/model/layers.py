@@ -19,6 +19,8 @@ the moving variance averages the *biased* batch variance, and half-precision inp
 normalised in float32.
 """
 
+import functools
+
 import keras
 from keras import ops
 
@@ -76,6 +78,16 @@ def _tensorflow_kernel(x, gamma, beta, mean, variance, channels_first, epsilon, 
 FUSED_KERNELS = {"torch": _torch_kernel, "tensorflow": _tensorflow_kernel}
 
 
+@functools.cache
+def _tensorflow_cpu_needs_nhwc():
+    """Whether TensorFlow convolves on the CPU without oneDNN, which takes NHWC only."""
+    import tensorflow as tf
+
+    from keras_preact.runtime import tensorflow_onednn_enabled
+
+    return tensorflow_onednn_enabled() is False and not tf.config.list_logical_devices("GPU")
+
+
 @keras.saving.register_keras_serializable(package="keras_preact")
 class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` on the faster kernel where Keras' own is slow (channels-last data).
@@ -103,8 +115,26 @@ class Conv2D(keras.layers.Conv2D):
             return tuple(d * (k // 2) for k, d in zip(self.kernel_size, self.dilation_rate))
         return None
 
+    def call(self, inputs):
+        outputs = self.convolution_op(inputs, self.kernel)
+        if self.use_bias:
+            shape = [1] * len(outputs.shape)
+            shape[-1 if self.data_format == "channels_last" else 1] = self.filters
+            # `+`, not keras.ops.add: on TensorFlow (Keras 3.15.1) ops.add turns an
+            # (N, C, H, W) + (1, C, 1, 1) sum into a bias_add over the *last* axis when W == C.
+            outputs = outputs + ops.reshape(self.bias, shape)
+        return outputs if self.activation is None else self.activation(outputs)
+
     def convolution_op(self, inputs, kernel):
         backend = keras.backend.backend()
+        if backend == "tensorflow" and self.data_format == "channels_first" and _tensorflow_cpu_needs_nhwc():
+            # TensorFlow's own CPU kernels (oneDNN off) refuse NCHW convolutions and their
+            # gradients; convolve the NHWC view of the same numbers instead.
+            outputs = ops.conv(
+                ops.transpose(inputs, (0, 2, 3, 1)), kernel, strides=self.strides, padding=self.padding,
+                dilation_rate=self.dilation_rate, data_format="channels_last",
+            )
+            return ops.transpose(outputs, (0, 3, 1, 2))
         if self.data_format != "channels_last" or self.groups != 1 or backend not in ("jax", "torch"):
             return super().convolution_op(inputs, kernel)
         if backend == "jax":
@@ -138,9 +168,19 @@ class BatchNorm(keras.layers.BatchNormalization):
     statistics are Keras-only features; those take Keras' implementation. Either way the outputs and
     the moving statistics are Keras' within float32 rounding.
 
+    Statistics across data-parallel replicas (training): `synchronized=True` computes them over the
+    global batch — Keras' own implementation on TensorFlow's strategies, an all-gather of every
+    process's moments under torch.distributed (our addition), and on JAX the global batch that
+    `DataParallel` already normalises over. `virtual_groups=n` computes them per group of
+    batch/n consecutive examples (TensorFlow 1's "ghost" batch norm): per-replica statistics on
+    JAX, whose data-parallel batch is split across n devices the same way. The moving statistics
+    average the groups' (or replicas') updates, as a MirroredStrategy does.
+
     Args:
         fused: use the fused kernel where the backend has one (True), or always Keras' ops.
-        **kwargs: arguments of `keras.layers.BatchNormalization`.
+        virtual_groups: normalise each of this many consecutive groups of a training batch with
+            its own statistics (1: the whole batch).
+        **kwargs: arguments of `keras.layers.BatchNormalization` (`synchronized` included).
 
     Example:
 
@@ -154,11 +194,34 @@ class BatchNorm(keras.layers.BatchNormalization):
     True
     """
 
-    def __init__(self, fused=True, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, fused=True, virtual_groups=1, synchronized=False, **kwargs):
+        if not isinstance(synchronized, bool):
+            raise TypeError(f"synchronized must be True or False, got {synchronized!r}.")
+        # Keras implements synchronized statistics on TensorFlow only (and refuses the flag
+        # elsewhere); on torch ours all-gathers across processes, and JAX's DataParallel
+        # normalises over the global batch already.
+        super().__init__(synchronized=synchronized and keras.backend.backend() == "tensorflow", **kwargs)
+        self.synchronized_statistics = synchronized
         if not isinstance(fused, bool):
             raise TypeError(f"fused must be True or False, got {fused!r}.")
+        if isinstance(virtual_groups, bool) or not isinstance(virtual_groups, int) or virtual_groups < 1:
+            raise ValueError(f"virtual_groups must be a positive integer, got {virtual_groups!r}.")
         self.fused = fused
+        self.virtual_groups = virtual_groups
+
+    def _replica_statistics(self, training):
+        """How this call's batch statistics span replicas: None (the batch as Keras has it),
+        "groups" (virtual groups) or "processes" (an all-gather across torch processes)."""
+        if not (training and self.trainable):
+            return None
+        if self.virtual_groups > 1:
+            return "groups"
+        if self.synchronized_statistics and keras.backend.backend() == "torch":
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                return "processes"
+        return None
 
     def _kernel(self, inputs, mask):
         if not self.fused or mask is not None or self.renorm or self.synchronized or len(inputs.shape) != 4:
@@ -170,6 +233,11 @@ class BatchNorm(keras.layers.BatchNormalization):
         return FUSED_KERNELS.get(keras.backend.backend())
 
     def call(self, inputs, training=None, mask=None):
+        spans = self._replica_statistics(training)
+        if spans is not None:
+            if mask is not None or self.renorm or len(inputs.shape) != 4 or self.axis % 4 not in (1, 3):
+                raise ValueError(f"{self.name}: virtual_groups and torch's synchronized statistics take 4-D, unmasked inputs.")
+            return self._normalize_across_replicas(inputs, spans)
         kernel = self._kernel(inputs, mask)
         if kernel is None:
             return super().call(inputs, training=training, mask=mask)
@@ -185,13 +253,53 @@ class BatchNorm(keras.layers.BatchNormalization):
             self.moving_variance.assign(moving_variance * self.momentum + variance * (1.0 - self.momentum))
         return ops.cast(outputs, self.compute_dtype)
 
+    def _normalize_across_replicas(self, inputs, spans):
+        x = ops.cast(inputs, "float32")
+        channels = self.axis % 4
+        groups = self.virtual_groups if spans == "groups" else 1
+        if x.shape[0] is not None and x.shape[0] % groups:
+            raise ValueError(f"{self.name}: a batch of {x.shape[0]} does not split into virtual_groups={groups}.")
+        grouped = ops.reshape(x, (groups, -1, *x.shape[1:]))  # (groups, batch / groups, ...)
+        axes = [axis + 1 for axis in range(4) if axis != channels]
+        mean = ops.mean(grouped, axis=axes, keepdims=True)
+        variance = ops.mean(ops.square(grouped - mean), axis=axes, keepdims=True)  # biased, as Keras'
+        if spans == "processes":
+            mean, variance = _all_process_moments(mean, variance)
+        shape = [1, 1, 1, 1, 1]
+        shape[channels + 1] = -1
+        gamma = ops.reshape(ops.cast(self.gamma, "float32"), shape)
+        beta = ops.reshape(ops.cast(self.beta, "float32"), shape)
+        outputs = (grouped - mean) * ops.rsqrt(variance + self.epsilon) * gamma + beta
+        # The moving statistics average the groups' updates, as a MirroredStrategy averages its replicas'.
+        for variable, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            batch = ops.mean(ops.reshape(batch, (-1, batch.shape[channels + 1])), axis=0)
+            variable.assign(ops.cast(variable, "float32") * self.momentum + batch * (1.0 - self.momentum))
+        return ops.cast(ops.reshape(outputs, ops.shape(inputs)), self.compute_dtype)
+
     def get_config(self):
-        return {**super().get_config(), "fused": self.fused}
+        return {
+            **super().get_config(),
+            "fused": self.fused,
+            "virtual_groups": self.virtual_groups,
+            "synchronized": self.synchronized_statistics,
+        }
 
 
-def batch_norm(name, axis, dtype=None):
-    """BatchNorm with Torch's epsilon and momentum: the one used everywhere in the networks."""
-    return BatchNorm(axis=axis, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, name=name)
+def _all_process_moments(mean, variance):
+    """The batch's mean and biased variance over every torch process (equal local batches), from
+    each process's; differentiable, as SyncBatchNorm's."""
+    import torch
+    from torch.distributed.nn.functional import all_gather
+
+    means, variances = torch.stack(all_gather(mean)), torch.stack(all_gather(variance))
+    global_mean = means.mean(dim=0)
+    return global_mean, (variances + (means - global_mean) ** 2).mean(dim=0)
+
+
+def batch_norm(name, axis, dtype=None, **options):
+    """BatchNorm with Torch's epsilon and momentum: the one used everywhere in the networks.
+    `options`: how statistics span replicas (`synchronized`, `virtual_groups`)."""
+    return BatchNorm(axis=axis, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, name=name, **options)
 
 
 def conv(filters, kernel, name, strides=1, padding="same", use_bias=False, data_format=None, dtype=None, **kwargs):

@@ -15,6 +15,18 @@ from keras_preact.model.layers import batch_norm, conv
 from keras_preact.model.remat import rematerialized_call
 
 
+BATCH_NORM_OPTIONS = ("synchronized", "virtual_groups")
+
+
+def check_batch_norm_options(options):
+    """A copy of `options` (None: none), which may hold only `BATCH_NORM_OPTIONS`."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or set(options) - set(BATCH_NORM_OPTIONS):
+        raise ValueError(f"batch_norm_options must be a dict with keys among {', '.join(BATCH_NORM_OPTIONS)}, got {options!r}.")
+    return dict(options)
+
+
 @keras.saving.register_keras_serializable(package="keras_preact")
 class ResidualUnit(keras.layers.Layer):
     """A residual unit: basic (two 3×3 convs) or bottleneck (1×1, 3×3, 1×1).
@@ -55,6 +67,9 @@ class ResidualUnit(keras.layers.Layer):
             compute for memory. BatchNorm statistics are still updated once per step.
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
+        batch_norm_options: how the BatchNorms' training statistics span data-parallel replicas:
+            `{"synchronized": True}` or `{"virtual_groups": n}` (see `keras_preact.BatchNorm`);
+            None: each replica's own batch.
 
     Convolutions have no bias and use the official init; BatchNorm has Torch's epsilon 1e-5 and
     momentum (Keras `momentum=0.9`). Padding follows Torch (symmetric, `k // 2` on each side), so
@@ -84,6 +99,7 @@ class ResidualUnit(keras.layers.Layer):
         dropout_rate=None,
         remat=False,
         data_format=None,
+        batch_norm_options=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -110,6 +126,7 @@ class ResidualUnit(keras.layers.Layer):
         self.data_format = choices.DATA_FORMATS.check(data_format or keras.config.image_data_format())
         self.channel_axis = choices.DATA_FORMATS[self.data_format]
         self.out_channels = filters * choices.BLOCKS[block].expansion
+        self.batch_norm_options = check_batch_norm_options(batch_norm_options)
 
     # --- structure -------------------------------------------------------------------------
 
@@ -144,7 +161,7 @@ class ResidualUnit(keras.layers.Layer):
         norms = []
         for operation in operations:
             if operation == "bn":
-                norm = batch_norm(f"{prefix}_bn", self.channel_axis, self.dtype_policy)
+                norm = batch_norm(f"{prefix}_bn", self.channel_axis, self.dtype_policy, **self.batch_norm_options)
                 norm.build(shape)
                 norms.append(norm)
         return norms
@@ -288,6 +305,7 @@ class ResidualUnit(keras.layers.Layer):
                 "dropout_rate": self.dropout_rate,
                 "remat": self.remat,
                 "data_format": self.data_format,
+                "batch_norm_options": self.batch_norm_options,
             }
         )
         return config

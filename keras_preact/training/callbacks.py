@@ -46,7 +46,8 @@ class Checkpoint(keras.callbacks.Callback):
 
 
 class Throughput(keras.callbacks.Callback):
-    """Training images per second per epoch, validation excluded."""
+    """Training images per second per epoch, from the end of its first step (which holds the
+    tracing and compilation) to the start of its evaluation."""
 
     def __init__(self, global_batch):
         super().__init__()
@@ -54,10 +55,13 @@ class Throughput(keras.callbacks.Callback):
         self.rates = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.start, self.steps, self.measured = time.perf_counter(), 0, False
+        self.start, self.steps, self.measured = None, 0, False
 
     def on_train_batch_end(self, batch, logs=None):
-        self.steps = batch + 1
+        if self.start is None:
+            self.start = time.perf_counter()
+        else:
+            self.steps += 1
 
     def _record(self):
         if not self.measured and self.steps:
@@ -71,6 +75,4 @@ class Throughput(keras.callbacks.Callback):
         self._record()
 
     def images_per_second(self):
-        # The first epoch includes tracing and compilation; leave it out when there are others.
-        rates = self.rates[1:] or self.rates
-        return float(np.median(rates)) if rates else 0.0
+        return float(np.median(self.rates)) if self.rates else 0.0

@@ -34,6 +34,8 @@ class RunConfig:
         model_dir: where the run writes; None: `runs/<dataset>_resnet<depth>`.
         strategy: device placement (`keras_preact.choices.STRATEGIES`).
         mixed_precision: `"none"`, `"float16"` or `"bfloat16"`.
+        batch_norm: `"per_replica"` (each replica normalises its share of the batch, as the
+            paper's Torch code and tf.distribute do) or `"synchronized"` (the global batch).
         seed: initialisation, shuffling and augmentation; epoch e's order and augmentation depend
             on (seed, e) alone.
         input_pipeline: `"auto"` (tf.data where TensorFlow is installed, else on-device batches),
@@ -53,6 +55,7 @@ class RunConfig:
     model_dir: str = None
     strategy: str = "auto"
     mixed_precision: str = "none"
+    batch_norm: str = "per_replica"
     seed: int = 0
     input_pipeline: str = "auto"
     model_options: dict = dataclasses.field(default_factory=dict)
@@ -73,6 +76,7 @@ class RunConfig:
         _check_path("model_dir", model_dir)
         choices.STRATEGIES.check(self.strategy)
         choices.PRECISIONS.check(self.mixed_precision)
+        choices.BATCH_NORMS.check(self.batch_norm)
         choices.check_count("seed", self.seed, minimum=0)
         choices.INPUT_PIPELINES.check(self.input_pipeline)
         return dataclasses.replace(
@@ -118,8 +122,11 @@ class RunConfig:
             raise ValueError(f"{path}: {error}") from None
 
     def save(self, path):
-        with open(path, "w") as f:
+        """Writes the configuration atomically: other processes may read it meanwhile."""
+        partial = f"{path}.partial"
+        with open(partial, "w") as f:
             json.dump(self.to_dict(), f, indent=2)
+        os.replace(partial, path)
 
 
 def _check_path(argument, value, optional=False):
@@ -151,8 +158,9 @@ def _check_model_options(options):
     return dict(options)
 
 
-def build_model(config, weights=None):
-    """The model of a run (resolved or not): its network, classes and precision policy."""
+def build_model(config, weights=None, batch_norm_options=None):
+    """The model of a run (resolved or not): its network, classes and precision policy.
+    `batch_norm_options`: how BatchNorm statistics span replicas (`distribute.batch_norm_options`)."""
     config = config.resolved()
     return PreActResNet(
         config.depth,
@@ -160,5 +168,6 @@ def build_model(config, weights=None):
         classes=choices.DATASETS[config.dataset].classes,
         dtype=choices.PRECISIONS[config.mixed_precision],
         weights=weights,
+        batch_norm_options=batch_norm_options,
         **config.model_options,
     )

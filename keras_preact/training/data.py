@@ -13,6 +13,7 @@ import socket
 import numpy as np
 import tensorflow as tf
 
+from keras_preact import runtime
 from keras_preact.model import preprocessing
 from keras_preact.training import sources
 from keras_preact.training.sources import IMAGE_SIZE, PADDING, Split, from_arrays  # noqa: F401 (this module's API)
@@ -140,11 +141,21 @@ def train_dataset(split, info, batch_size, seed=0, epochs=1, first_epoch=0, proc
 
     dataset = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_examples)
     dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return _sized(dataset.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
 
 
 def eval_dataset(split, info, batch_size):
     """Normalised only, in order, every example."""
     dataset = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
     dataset = dataset.batch(batch_size).map(lambda x, y: (normalize(x, info), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return _sized(dataset.prefetch(tf.data.AUTOTUNE))
+
+
+def _sized(dataset):
+    """The pipeline's threads: as many as the CPUs this process may use (runtime.cpus). Under a
+    MultiWorkerMirroredStrategy each worker takes its share of every batch (sources in memory
+    have no files to shard by)."""
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = runtime.cpus()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)

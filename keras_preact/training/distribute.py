@@ -1,8 +1,19 @@
-"""How a run spreads over devices, per Keras backend.
+"""How a run spreads over devices and processes, with each framework's own engine.
 
-TensorFlow: tf.distribute strategies (MirroredStrategy on several GPUs or on logical CPUs,
-MultiWorkerMirroredStrategy from TF_CONFIG). JAX: `keras.distribution.DataParallel` over the
-visible devices. torch: one device — Keras 3 has no multi-device `fit` for torch.
+- TensorFlow: `MirroredStrategy` over the local GPUs (or logical CPUs), and
+  `MultiWorkerMirroredStrategy` over the processes `TF_CONFIG` names.
+- JAX: `keras.distribution.DataParallel` over every device of every process; processes join
+  through `keras.distribution.initialize` (jax.distributed) from Keras' variables
+  `KERAS_DISTRIBUTION_JOB_ADDRESSES` / `_NUM_PROCESSES` / `_PROCESS_ID`, arguments, or what JAX
+  detects by itself (Slurm).
+- torch: `torch.distributed` processes started by `torchrun` (gloo on CPU, NCCL on GPU), the Keras
+  model in `DistributedDataParallel`.
+
+Keras 3.15.1's `fit` runs neither torch processes nor a MultiWorkerMirroredStrategy;
+`training.custom_loop` trains those.
+
+Only the chief process (TensorFlow's chief, or worker 0; JAX's process 0; torch's rank 0) writes
+a run's files.
 """
 
 import contextlib
@@ -14,115 +25,226 @@ import keras
 
 from keras_preact import choices
 
+# The variables keras.distribution.initialize reads (Keras' own names).
+JAX_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES", "KERAS_DISTRIBUTION_PROCESS_ID")
+
 
 @dataclasses.dataclass
 class Placement:
-    """Where a run executes: a scope to build and compile in, and its replica count."""
+    """Where a run executes.
+
+    `replicas`: data-parallel model copies over all processes. `processes`/`process_index`: this
+    process among those feeding data. `data_shard`: the (index, count) of the process's slice of
+    every global batch it feeds itself (TensorFlow's strategies shard their input themselves).
+    """
 
     description: str
-    replicas: int
+    replicas: int = 1
     strategy: object = None  # a tf.distribute.Strategy on the TensorFlow backend
+    processes: int = 1
+    process_index: int = 0
+    is_chief: bool = True
+    data_shard: tuple = (0, 1)
+    custom_loop: bool = False  # Keras' fit cannot run it: training.custom_loop does
 
     def scope(self):
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
 
-def split_cpu(replicas):
-    """Splits the host CPU into `replicas` logical devices so multi-replica code runs without GPUs.
-
-    Must run before the backend initialises its devices (first thing in a program).
-    """
-    if replicas is None or replicas <= 1:
-        return
+def start(cpu_replicas=None, job_addresses=None, num_processes=None, process_id=None):
+    """Process-level set-up, first thing in a program, before the backend initialises its devices:
+    joins the other processes of a multi-process run (JAX, torch) and splits the CPU into
+    `cpu_replicas` logical devices so multi-replica code runs without GPUs. Idempotent."""
     backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        try:
-            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
-        except RuntimeError as error:
-            raise RuntimeError(
-                f"cpu_replicas={replicas}: TensorFlow's devices are already initialised; split the "
-                "CPU before any TensorFlow operation runs."
-            ) from error
-    elif backend == "jax":
-        flags = os.environ.get("XLA_FLAGS", "")
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={replicas}".strip()
-        import jax
-
-        if len(jax.devices("cpu")) != replicas:
-            raise RuntimeError(
-                f"cpu_replicas={replicas}: JAX was initialised before the CPU could be split; "
-                f"set XLA_FLAGS=--xla_force_host_platform_device_count={replicas} before starting."
-            )
-    else:
+    given = (job_addresses, num_processes, process_id)
+    if backend != "jax" and any(value is not None for value in given):
         raise ValueError(
-            f"cpu_replicas={replicas} needs the tensorflow or jax backend; the {backend} backend "
-            "trains on one device."
+            f"job_addresses, num_processes and process_id start JAX processes; on {backend}, "
+            + ("describe the cluster in TF_CONFIG." if backend == "tensorflow" else "start the processes with torchrun.")
+        )
+    if cpu_replicas is not None:
+        choices.check_count("cpu_replicas", cpu_replicas)
+    if backend == "jax":
+        _start_jax(cpu_replicas, *given)
+    elif backend == "torch":
+        if cpu_replicas not in (None, 1):
+            raise ValueError(
+                f"cpu_replicas={cpu_replicas} needs the tensorflow or jax backend; on torch, start "
+                f"{cpu_replicas} processes with torchrun --nproc_per_node={cpu_replicas}."
+            )
+        _start_torch()
+    elif cpu_replicas not in (None, 1):
+        _split_tensorflow_cpu(cpu_replicas)
+
+
+def _split_tensorflow_cpu(replicas):
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or []) == replicas:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    except RuntimeError as error:
+        raise RuntimeError(
+            f"cpu_replicas={replicas}: TensorFlow's devices are already initialised; split the "
+            "CPU before any TensorFlow operation runs."
+        ) from error
+
+
+def _start_jax(cpu_replicas, job_addresses, num_processes, process_id):
+    import jax
+
+    if cpu_replicas not in (None, 1):
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cpu_replicas}".strip()
+    wanted = any(v is not None for v in (job_addresses, num_processes, process_id))
+    wanted = wanted or any(os.environ.get(name) for name in JAX_VARIABLES)
+    wanted = wanted or int(os.environ.get("SLURM_NTASKS", "1")) > 1  # jax.distributed detects Slurm
+    if wanted and not jax.distributed.is_initialized():
+        # Cross-process collectives on CPU devices need gloo (GPUs use NCCL regardless).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        keras.distribution.initialize(job_addresses, num_processes, process_id)
+    if cpu_replicas not in (None, 1) and len(jax.local_devices(backend="cpu")) != cpu_replicas:
+        raise RuntimeError(
+            f"cpu_replicas={cpu_replicas}: JAX was initialised before the CPU could be split; "
+            f"set XLA_FLAGS=--xla_force_host_platform_device_count={cpu_replicas} before starting."
         )
 
 
+def _start_torch():
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+
+
 def place(strategy="auto"):
-    """The Placement for `strategy` on the current backend."""
+    """The Placement for `strategy` on the current backend (calls `start` if no one did)."""
     choices.STRATEGIES.check(strategy)
+    start()
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return _tensorflow_placement(strategy)
     if backend == "jax":
         return _jax_placement(strategy)
-    if strategy in ("mirrored", "multi_worker"):
-        raise ValueError(
-            f"strategy={strategy!r} is not available on the torch backend: Keras 3 trains torch "
-            "models on one device. Use KERAS_BACKEND=tensorflow or jax for several devices."
-        )
-    import torch
-
-    device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    return Placement(f"torch backend: one device ({device}); Keras 3 has no multi-device fit for torch", 1)
+    return _torch_placement(strategy)
 
 
 def _tensorflow_placement(strategy):
     import tensorflow as tf
 
-    gpus = tf.config.list_logical_devices("GPU")
-    cpus = tf.config.list_logical_devices("CPU")
+    cluster = _tf_config().get("cluster", {})
     if strategy == "auto":
-        if os.environ.get("TF_CONFIG") and len(json.loads(os.environ["TF_CONFIG"]).get("cluster", {}).get("worker", [])) > 1:
+        # The cluster first: listing devices starts TensorFlow's runtime, after which a
+        # MultiWorkerMirroredStrategy can no longer configure its collectives.
+        if sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")) > 1:
             strategy = "multi_worker"
-        elif len(gpus) > 1 or len(cpus) > 1:
-            strategy = "mirrored"
         else:
-            strategy = "one_device"
+            gpus, cpus = tf.config.list_logical_devices("GPU"), tf.config.list_logical_devices("CPU")
+            strategy = "mirrored" if len(gpus) > 1 or len(cpus) > 1 else "one_device"
     if strategy == "multi_worker":
-        if not os.environ.get("TF_CONFIG"):
-            raise ValueError("strategy='multi_worker' needs the TF_CONFIG environment variable describing the cluster.")
+        if not cluster:
+            raise ValueError("strategy='multi_worker' on TensorFlow needs TF_CONFIG describing the cluster.")
         distributed = tf.distribute.MultiWorkerMirroredStrategy()
+        resolver = distributed.cluster_resolver
+        kinds = [kind for kind in ("chief", "worker") if kind in cluster]
+        index = sum(len(cluster[kind]) for kind in kinds[: kinds.index(resolver.task_type)]) + resolver.task_id
         return Placement(
-            f"MultiWorkerMirroredStrategy: {distributed.num_replicas_in_sync} replicas "
-            f"(worker {distributed.cluster_resolver.task_id})",
+            f"MultiWorkerMirroredStrategy: {distributed.num_replicas_in_sync} replicas in "
+            f"{sum(len(cluster[k]) for k in kinds)} processes ({resolver.task_type} {resolver.task_id})",
             distributed.num_replicas_in_sync,
             distributed,
+            processes=sum(len(cluster[k]) for k in kinds),
+            process_index=index,
+            is_chief=index == 0,  # the chief, or worker 0 where there is no chief
+            custom_loop=True,
         )
-    devices = [d.name for d in (gpus or cpus)]
+    devices = [d.name for d in (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))]
     if strategy == "mirrored":
         distributed = tf.distribute.MirroredStrategy(devices=devices)
         return Placement(f"MirroredStrategy over {len(devices)} devices: {', '.join(devices)}", len(devices), distributed)
-    distributed = tf.distribute.OneDeviceStrategy(devices[0])
-    return Placement(f"OneDeviceStrategy on {devices[0]}", 1, distributed)
+    # No strategy for one device: a OneDeviceStrategy feeds `fit` through a per-device generator
+    # dataset, which sets glibc's M_TRIM_THRESHOLD (BUILD_NOTES.md, "Speed on every CPU").
+    return Placement(f"TensorFlow: one device ({devices[0]})")
+
+
+def _tf_config():
+    try:
+        return json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({error}); see README.md, 'Several GPUs and machines'.") from None
 
 
 def _jax_placement(strategy):
     import jax
 
-    if strategy == "multi_worker":
-        raise ValueError(
-            "strategy='multi_worker' is TensorFlow's TF_CONFIG cluster; on JAX start each host with "
-            "jax.distributed.initialize() and use strategy='mirrored'."
-        )
+    processes, index = jax.process_count(), jax.process_index()
     devices = jax.devices()
-    if strategy == "one_device" or (strategy == "auto" and len(devices) == 1):
+    if strategy == "multi_worker" and processes == 1:
+        raise ValueError(
+            "strategy='multi_worker' on JAX needs several processes: set KERAS_DISTRIBUTION_JOB_ADDRESSES, "
+            "KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID (or run under Slurm)."
+        )
+    if strategy == "one_device" and processes > 1:
+        raise ValueError(f"strategy='one_device' cannot span this run's {processes} processes.")
+    if strategy == "one_device" or len(devices) == 1:
         keras.distribution.set_distribution(None)
-        return Placement(f"JAX: one device ({devices[0]})", 1)
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-    return Placement(f"JAX DataParallel over {len(devices)} devices", len(devices))
+        return Placement(f"JAX: one device ({devices[0]})")
+    # Each process feeds its own slice of every global batch (training.data's process slicing).
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
+    return Placement(
+        f"JAX DataParallel over {len(devices)} devices in {processes} process(es)",
+        len(devices),
+        processes=processes,
+        process_index=index,
+        is_chief=index == 0,
+        data_shard=(index, processes),
+    )
+
+
+def _torch_placement(strategy):
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
+        if strategy == "one_device":
+            raise ValueError(f"strategy='one_device' cannot span the {world} torchrun processes of this run.")
+        device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+        return Placement(
+            f"torch DistributedDataParallel: {world} processes ({dist.get_backend()}), rank {rank} on {device}",
+            world,
+            processes=world,
+            process_index=rank,
+            is_chief=rank == 0,
+            data_shard=(rank, world),
+            custom_loop=True,
+        )
+    if strategy in ("mirrored", "multi_worker"):
+        raise ValueError(
+            f"strategy={strategy!r} on the torch backend runs under torchrun: "
+            "torchrun --nproc_per_node=N examples/cifar.py ... (one process per GPU)."
+        )
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    return Placement(f"torch backend: one device ({device})")
+
+
+def batch_norm_options(batch_norm, placement):
+    """The BatchNorm options that give `batch_norm` ("per_replica" or "synchronized") statistics
+    under `placement` (see `keras_preact.BatchNorm`)."""
+    choices.BATCH_NORMS.check(batch_norm)
+    if placement.replicas == 1:
+        return {}
+    if keras.backend.backend() == "jax":
+        # DataParallel normalises over the global batch; per replica = per device's group.
+        return {"virtual_groups": placement.replicas} if batch_norm == "per_replica" else {}
+    return {"synchronized": True} if batch_norm == "synchronized" else {}
+

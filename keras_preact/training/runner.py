@@ -7,19 +7,21 @@ the end `model.weights.h5`, `results.json` and `curves.png`. The input pipeline 
 `pipelines` and imported only when chosen: on the device pipeline nothing imports TensorFlow.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import tempfile
 import time
 
 import keras
 
-from keras_preact import choices
+from keras_preact import choices, runtime
 from keras_preact.model.builders import load_weights
 from keras_preact.serving.layout import check_export_dir, next_version
 from keras_preact.serving.saved_model import export_saved_model
-from keras_preact.training import distribute, pipelines
+from keras_preact.training import custom_loop, distribute, pipelines
 from keras_preact.training.callbacks import Checkpoint, StopOnNaN, Throughput
 from keras_preact.training.config import RunConfig, build_model
 from keras_preact.training.recipe import make_optimizer
@@ -35,7 +37,8 @@ class TrainingDiverged(RuntimeError):
 
 
 def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
-    """Trains, evaluates and returns the results dict (also written to `model_dir/results.json`).
+    """Trains, evaluates and returns the results dict (also written to `model_dir/results.json`);
+    in a multi-process run, the chief returns it and the other processes return None.
 
     `train_split`/`test_split` (`sources.Split`, e.g. from `sources.from_arrays`) replace the
     dataset source when given. With `export_dir`, the trained model is exported there as a TF
@@ -55,9 +58,8 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
             )
     # First, before TensorFlow runs any op: multi-worker collectives are configured at start-up.
     placement = distribute.place(config.strategy)
-    _claim_model_dir(config)
+    _claim_model_dir(config, write=placement.is_chief)  # only the chief writes the run's files
     keras.utils.set_random_seed(config.seed)
-
     pipeline = pipelines.get(config.input_pipeline)
     log.info("Input pipeline: %s (%s)", config.input_pipeline, choices.INPUT_PIPELINES[config.input_pipeline])
     if train_split is None or test_split is None:
@@ -65,7 +67,6 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     train_split = train_split.subset(config.train_subset)
     if config.batch_size % placement.replicas:
         raise ValueError(f"batch_size={config.batch_size} must divide evenly over {placement.replicas} replicas.")
-    info = choices.DATASETS[config.dataset]
     steps_per_epoch = len(train_split) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"The training split has {len(train_split)} images, fewer than one batch of {config.batch_size}.")
@@ -75,40 +76,28 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         config.batch_size, placement.description,
     )
 
-    checkpoint = os.path.join(config.model_dir, CHECKPOINT)
-    with placement.scope():
-        model = build_model(config)
-        model.compile(
-            optimizer=make_optimizer(choices.RECIPES[config.recipe], steps_per_epoch, config.epochs, config.batch_size),
-            loss=keras.losses.SparseCategoricalCrossentropy(),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
-        first_epoch = _restore(model, checkpoint, steps_per_epoch)
+    with _own_folder(config.model_dir, placement.is_chief) as folder:
+        model = _compiled_model(config, placement, steps_per_epoch)
+        first_epoch = _restore(model, os.path.join(config.model_dir, CHECKPOINT), steps_per_epoch)
+        # torch processes evaluate their own share of the test set, TensorFlow's strategies split
+        # it themselves; JAX processes each feed all of it (the global batch holds it per process).
+        test_split = test_split.shard(*placement.data_shard) if placement.strategy is None and placement.custom_loop else test_split
+        test_data = pipeline.eval_dataset(test_split, choices.DATASETS[config.dataset], config.batch_size)
+        engine = _custom_loop_engine(model, placement, config.batch_size)
+        rate = _train(model, engine, pipeline, config, placement, train_split, test_data, first_epoch, steps_per_epoch,
+                      folder, verbose)
+        if engine is not None:
+            accuracy = float(custom_loop.evaluate(engine, test_data)[1])
+        else:
+            accuracy = float(model.evaluate(test_data, verbose=0)[1])
+        model.save_weights(os.path.join(folder, "model.weights.h5"))
+        exported = None
+        if export_dir is not None:
+            target = export_dir if placement.is_chief else os.path.join(folder, "export")
+            exported = export_saved_model(model, target, config.dataset, version=next_version(target))
+    if not placement.is_chief:
+        return None
 
-    test_data = pipeline.eval_dataset(test_split, info, config.batch_size)
-    nan_guard, throughput = StopOnNaN(), Throughput(config.batch_size)
-    if first_epoch < config.epochs:
-        model.fit(
-            pipeline.train_dataset(train_split, info, config.batch_size, config.seed, config.epochs, first_epoch),
-            epochs=config.epochs,
-            initial_epoch=first_epoch,
-            steps_per_epoch=steps_per_epoch,
-            validation_data=test_data,
-            shuffle=False,  # the pipeline shuffles, per (seed, epoch)
-            callbacks=[
-                nan_guard,
-                throughput,
-                keras.callbacks.CSVLogger(os.path.join(config.model_dir, "history.csv"), append=True),
-                Checkpoint(checkpoint),
-                *_tensorboard(config),
-            ],
-            verbose=verbose,
-        )
-    if nan_guard.where:
-        raise TrainingDiverged(_divergence_message(nan_guard.where, checkpoint))
-
-    _, accuracy = model.evaluate(test_data, verbose=0)
-    model.save_weights(os.path.join(config.model_dir, "model.weights.h5"))
     results = {
         "dataset": config.dataset,
         "depth": config.depth,
@@ -120,18 +109,21 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         "train_images": len(train_split),
         "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "replicas": placement.replicas,
+        "processes": placement.processes,
+        "batch_norm": config.batch_norm,
         "placement": placement.description,
         "input_pipeline": config.input_pipeline,
-        "test_error": round(100.0 * (1.0 - float(accuracy)), 3),
-        "test_accuracy": float(accuracy),
-        "train_images_per_second": round(throughput.images_per_second(), 1),
+        "test_error": round(100.0 * (1.0 - accuracy), 3),
+        "test_accuracy": accuracy,
+        "train_images_per_second": round(rate, 1),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "parameters": model.count_params(),
         "model_options": config.model_options,
-        "class_names": list(train_split.class_names or info.class_names),
+        "class_names": list(train_split.class_names or choices.DATASETS[config.dataset].class_names),
+        "machine": runtime.describe(),
     }
-    if export_dir is not None:
-        results["export"] = export_saved_model(model, export_dir, config.dataset, version=next_version(export_dir))
+    if exported:
+        results["export"] = exported
     with open(os.path.join(config.model_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     plot_curves(
@@ -143,20 +135,85 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     return results
 
 
-def _tensorboard(config):
+@contextlib.contextmanager
+def _own_folder(model_dir, chief):
+    """Where this process saves weights: `model_dir` for the chief; for the others a scratch folder,
+    removed at the end. They must save too: on JAX, reading a sharded variable is a collective that
+    every process joins (TensorFlow's multi-worker guide does the same with temporary folders)."""
+    if chief:
+        yield model_dir
+    else:
+        with tempfile.TemporaryDirectory(prefix="keras_preact_worker_") as scratch:
+            yield scratch
+
+
+def _compiled_model(config, placement, steps_per_epoch):
+    with placement.scope():
+        model = build_model(config, batch_norm_options=distribute.batch_norm_options(config.batch_norm, placement))
+        model.compile(
+            optimizer=make_optimizer(choices.RECIPES[config.recipe], steps_per_epoch, config.epochs, config.batch_size),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+        model.optimizer.build(model.trainable_variables)  # under the strategy, before any step
+    return model
+
+
+def _custom_loop_engine(model, placement, global_batch):
+    """The step of `training.custom_loop` where Keras' fit cannot train (None elsewhere)."""
+    if not placement.custom_loop:
+        return None
+    if placement.strategy is not None:
+        return custom_loop.TensorFlowWorkers(model, placement.strategy, global_batch)
+    return custom_loop.TorchProcesses(model)
+
+
+def _train(model, engine, pipeline, config, placement, train_split, test_data, first_epoch, steps_per_epoch, folder,
+           verbose):
+    """Trains the remaining epochs; returns the training images/s."""
+    checkpoint = os.path.join(folder, CHECKPOINT)
+    nan_guard, throughput = StopOnNaN(), Throughput(config.batch_size)
+    callbacks = [nan_guard, throughput, Checkpoint(checkpoint)]
+    if placement.is_chief:
+        callbacks += [keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=True), *_tensorboard(config, folder)]
+    if first_epoch < config.epochs:
+        info = choices.DATASETS[config.dataset]
+        train_data = pipeline.train_dataset(
+            train_split, info, config.batch_size, config.seed, config.epochs, first_epoch, placement.data_shard
+        )
+        verbose = verbose if placement.is_chief else 0
+        if engine is not None:
+            custom_loop.fit(model, engine, train_data, config.epochs, first_epoch, steps_per_epoch, test_data, callbacks, verbose)
+        else:
+            model.fit(
+                train_data,
+                epochs=config.epochs,
+                initial_epoch=first_epoch,
+                steps_per_epoch=steps_per_epoch,
+                validation_data=test_data,
+                shuffle=False,  # the pipeline shuffles, per (seed, epoch)
+                callbacks=callbacks,
+                verbose=verbose,
+            )
+    if nan_guard.where:
+        raise TrainingDiverged(_divergence_message(nan_guard.where, os.path.join(config.model_dir, CHECKPOINT)))
+    return throughput.images_per_second()
+
+
+def _tensorboard(config, folder):
     """Keras' TensorBoard callback writes through TensorFlow, which the device pipeline leaves out."""
     if config.input_pipeline != "tf_data":
         log.info("No TensorBoard logs with input_pipeline=%r (they need TensorFlow); history.csv and "
                  "curves.png hold the curves.", config.input_pipeline)
         return []
-    return [keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"))]
+    return [keras.callbacks.TensorBoard(os.path.join(folder, "logs"))]
 
 
-def _claim_model_dir(config):
-    """Writes `config.json`, or checks that the one there describes this run (a resume)."""
+def _claim_model_dir(config, write=True):
+    """Checks that the `config.json` there, if any, describes this run (a resume), then (`write`)
+    writes it."""
     if os.path.exists(config.model_dir) and not os.path.isdir(config.model_dir):
         raise NotADirectoryError(f"model_dir {config.model_dir!r} is a file; pass a folder for the run's files.")
-    os.makedirs(config.model_dir, exist_ok=True)
     path = os.path.join(config.model_dir, "config.json")
     if os.path.exists(path):
         try:
@@ -174,14 +231,15 @@ def _claim_model_dir(config):
                 + ", ".join(f"{key}: {previous[key]!r} there, {now[key]!r} now" for key in differences)
                 + "). Use a new model_dir, or the same settings to resume."
             )
-    config.save(path)
+    if write:
+        os.makedirs(config.model_dir, exist_ok=True)
+        config.save(path)
 
 
 def _restore(model, checkpoint, steps_per_epoch):
     """Loads the checkpoint if there is one; returns the number of finished epochs."""
     if not os.path.exists(checkpoint):
         return 0
-    model.optimizer.build(model.trainable_variables)
     load_weights(model, checkpoint, "this run's model (remove the file to start the run afresh)")
     done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     if done == 0 or done % steps_per_epoch:  # Keras only warns when the optimizer state does not fit
