@@ -410,3 +410,26 @@ def test_export_without_tensorflow_is_refused_before_training(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "export_dir needs TensorFlow (a SavedModel), which is not installed here" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@device_backends
+def test_two_processes_with_the_device_pipeline_train_like_one(tmp_path):
+    """JAX processes under DataParallel, torch processes under DDP: each makes its slice of every
+    global batch on its device; the losses equal one process's (see test_distributed for the
+    tolerance)."""
+    from test_distributed import RUN, process_commands
+
+    common = ["--epochs=2", "--batch_norm=synchronized", "--input_pipeline=device"]
+    processes = [subprocess.Popen(command + common + [f"--model_dir={tmp_path / 'two'}"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for command, env in process_commands([])]
+    for process in processes:
+        output = process.communicate(timeout=600)[0]
+        assert process.returncode == 0, output[-4000:]
+    single = subprocess.run([sys.executable, *RUN, *common, f"--model_dir={tmp_path / 'one'}"], capture_output=True, text=True,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    results = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert results["processes"] == 2 and results["input_pipeline"] == "device"
+    two, one = (read_history(tmp_path / name / "history.csv") for name in ("two", "one"))
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([row[key] for row in two], [row[key] for row in one], rtol=1e-4, err_msg=key)
