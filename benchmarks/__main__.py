@@ -46,6 +46,12 @@ TRAINING = {
 }
 NATIVE = ("native PyTorch, contiguous", "native PyTorch, channels-last")
 MAIN_JOB = ("keras_preact", "plain PyTorch")
+# name -> (KERAS_BACKEND, input pipeline)
+PIPELINES = {
+    "tf.data training pipeline": ("tensorflow", "tf_data"),
+    "device pipeline / jax": ("jax", "device"),
+    "device pipeline / torch": ("torch", "device"),
+}
 TARGETS = {  # ResNet-164 training at batch 64, ratio to the faster native PyTorch format
     "keras_preact / tensorflow": 1.1,
     "keras_preact / torch, channels-last": 0.8,
@@ -134,8 +140,9 @@ def run(kinds, quick, repeats, data_dir, out, previous):
                      measure("train", "tensorflow", ["--depth=20", "--batch=128", "--steps=8", "--warmup=3"]))
     if "pipeline" in kinds and os.path.isdir(data_dir):
         for repeat in range(repeats):
-            note("pipeline", "tf.data training pipeline", {"batch": 128, "repeat": repeat},
-                 measure("pipeline", "tensorflow", [f"--data_dir={data_dir}", "--batch=128"]))
+            for name, (backend, pipeline) in PIPELINES.items():
+                note("pipeline", name, {"batch": 128, "repeat": repeat},
+                     measure("pipeline", backend, [f"--data_dir={data_dir}", "--batch=128", f"--input_pipeline={pipeline}"]))
     if "build" in kinds:
         for backend in ("tensorflow", "jax", "torch"):
             note("build", f"ResNet-1001 / {backend}", {"depth": 1001}, measure("build", backend, ["--depth=1001"]))
@@ -196,13 +203,17 @@ def report(records, path, chart):
         target = f"≥ {TARGETS[name]}×" if name in TARGETS else ""
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} | {target} |")
     lines += main_job_section(records)
-    pipeline = median(records, kind="pipeline")
-    if pipeline:
+    if any(r["kind"] == "pipeline" for r in records):
         tf_rate = median(records, kind="train", name="keras_preact / tensorflow", depth=164)
-        decode = statistics.median(r["decode_seconds"] for r in records if r["kind"] == "pipeline" and "decode_seconds" in r)
-        lines += ["", "## Input pipeline (real CIFAR-10 JPEGs, augmentation, batch 128)", "",
-                  f"{pipeline:,.0f} images/s after a one-time decode of {decode:.1f} s for 50,000 JPEGs: "
-                  f"{pipeline / tf_rate:.0f}× the TensorFlow ResNet-164 training rate (target ≥ 10×)." if tf_rate else ""]
+        lines += ["", "## Input pipelines (real CIFAR-10 JPEGs, augmentation, batch 128)", "",
+                  "| pipeline | images/s | one-time decode of 50,000 JPEGs (s) | × TensorFlow ResNet-164 training rate (target ≥ 10×) |",
+                  "|---|---|---|---|"]
+        for name in PIPELINES:
+            rate = median(records, kind="pipeline", name=name)
+            decodes = [r["decode_seconds"] for r in records if r["kind"] == "pipeline" and r["name"] == name and "decode_seconds" in r]
+            if rate:
+                ratio = f"{rate / tf_rate:.0f}×" if tf_rate else "—"
+                lines.append(f"| {name} | {rate:,.0f} | {statistics.median(decodes):.1f} | {ratio} |")
     builds = [r for r in records if r["kind"] == "build"]
     if builds:
         lines += ["", "## ResNet-1001 build time (target ≤ 20 s)", "", "| backend | seconds | layers |", "|---|---|---|"]

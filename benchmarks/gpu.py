@@ -1,69 +1,199 @@
-"""GPU throughput and memory of ResNet-164 and ResNet-1001 on the JAX and torch backends.
+"""Training throughput and peak memory on a GPU: keras_preact on JAX or torch, or native PyTorch.
 
-Synthetic data, mixed bfloat16, compiled train steps (XLA on JAX, torch.compile on torch).
-Needs keras_preact's models only (no TensorFlow). Run by benchmarks/gpu.sh; prints JSON lines.
+Synthetic batches already on the device, mixed bfloat16, compiled steps (XLA on JAX,
+`torch.compile` on torch and for the native baseline). keras_preact is timed through `fit` — the
+path a run takes — with no per-step callback, so Keras dispatches steps without waiting for the
+device. Needs no TensorFlow. `benchmarks/gpu.sh` runs it; it prints one JSON line.
 
     KERAS_BACKEND=jax python benchmarks/gpu.py --depth=164 --batch=128
+    KERAS_BACKEND=torch python benchmarks/gpu.py --depth=1001 --batch=128 --remat
+    python benchmarks/gpu.py --impl=native --depth=164 --batch=128          # channels-last, bf16, compiled
 """
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def peak_memory_gib():
+def synchronize(model):
+    """Waits until the device has finished `model`'s last step: steps run asynchronously, so a
+    clock read without waiting times their dispatch, not their work."""
     import keras
 
     if keras.backend.backend() == "jax":
         import jax
 
-        return jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**30
+        jax.block_until_ready([variable.value for variable in model.variables])
+    else:
+        _torch_synchronize()
+
+
+def _torch_synchronize():
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+
+def peak_memory_gib():
+    """Peak device memory of this process in GiB, or None on a CPU (no device allocator to ask)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        stats = jax.local_devices()[0].memory_stats()
+        return stats["peak_bytes_in_use"] / 2**30 if stats and "peak_bytes_in_use" in stats else None
+    return _torch_peak_memory_gib()
+
+
+def _torch_peak_memory_gib():
     import torch
 
-    return torch.cuda.max_memory_allocated() / 2**30
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--depth", type=int, default=164)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--remat", action="store_true")
-    parser.add_argument("--precision", default="mixed_bfloat16")
-    args = parser.parse_args()
+def static_shapes_for_torch_compile():
+    """On torch, before `jit_compile=True`: one static graph per input shape.
+
+    Keras' torch layers break dynamo's graph at every layer call, so each unit is compiled on its
+    own; once a unit's code has seen two shapes dynamo makes them symbolic, and inductor then
+    failed on CPU in bfloat16 ("cannot determine truth value of Relational: 16*s50*s69 < 16").
+    """
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch._dynamo
+
+        torch._dynamo.config.automatic_dynamic_shapes = False
+
+
+def device_name():
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return str(jax.local_devices()[0].device_kind)
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def keras_throughput(args):
     import keras
     import numpy as np
 
+    from keras_preact.choices import PRECISIONS, default_block
     from keras_preact.model.builders import PreActResNet
     from keras_preact.training.recipe import TorchSGD
 
-    keras.config.set_dtype_policy(args.precision)
+    class SameBatch(keras.utils.PyDataset):
+        """One batch on the device, `steps` times: the step's cost without the input pipeline's."""
+
+        def __init__(self, x, y, steps):
+            super().__init__()
+            self.x, self.y, self.steps = x, y, steps
+
+        def __len__(self):
+            return self.steps
+
+        def __getitem__(self, index):
+            return self.x, self.y
+
+    class EpochSeconds(keras.callbacks.Callback):
+        """Wall seconds of each epoch, the device drained at both ends (epoch hooks only: no sync per step)."""
+
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            synchronize(self.model)
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            synchronize(self.model)
+            self.seconds.append(time.perf_counter() - self.start)
+
+    if args.compile:
+        static_shapes_for_torch_compile()
     start = time.perf_counter()
-    model = PreActResNet(args.depth, block="bottleneck", remat=args.remat)
-    build = time.perf_counter() - start
-    model.compile(optimizer=TorchSGD(0.1, momentum=0.9), loss="sparse_categorical_crossentropy", jit_compile=True)
+    model = PreActResNet(args.depth, block=default_block(args.depth), remat=args.remat, dtype=PRECISIONS[args.precision])
+    build_seconds = time.perf_counter() - start
+    model.compile(optimizer=TorchSGD(0.1, momentum=0.9, coupled_weight_decay=1e-4), loss="sparse_categorical_crossentropy",
+                  jit_compile=args.compile)
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.batch, 32, 32, 3)).astype("float32")
-    y = rng.integers(0, 10, size=args.batch)
+    x = keras.ops.convert_to_tensor(rng.normal(size=(args.batch, 32, 32, 3)).astype("float32"))
+    y = keras.ops.convert_to_tensor(rng.integers(0, 10, size=args.batch).astype("int32"))
+    timer = EpochSeconds()
+    # Epoch 1 traces and compiles; the others are timed.
+    model.fit(SameBatch(x, y, args.steps), epochs=1 + args.repeats, shuffle=False, callbacks=[timer], verbose=0)
+    seconds = statistics.median(timer.seconds[1:]) / args.steps
+    return {"impl": f"keras_preact/{keras.backend.backend()}", "build_seconds": build_seconds,
+            "first_epoch_seconds": timer.seconds[0], "step_ms": 1000 * seconds, "images_per_second": args.batch / seconds,
+            "peak_gib": peak_memory_gib(), "device": device_name(), "parameters": model.count_params()}
+
+
+def native_throughput(args):
+    import torch
+
+    from benchmarks.native_torch import PreActResNet
+    from keras_preact.choices import default_block
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = PreActResNet(args.depth, default_block(args.depth) == "bottleneck").to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True)
+    forward = torch.compile(model) if args.compile else model
+    x = torch.randn(args.batch, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=args.precision == "bfloat16"):
+            loss = torch.nn.functional.cross_entropy(forward(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
     start = time.perf_counter()
-    model.train_on_batch(x, y)
-    compile_seconds = time.perf_counter() - start
     for _ in range(3):
-        model.train_on_batch(x, y)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        loss = model.train_on_batch(x, y)
-    float(loss)  # wait for the device
-    seconds = (time.perf_counter() - start) / args.steps
-    print(json.dumps({
-        "backend": keras.backend.backend(), "depth": args.depth, "batch": args.batch, "remat": args.remat,
-        "precision": args.precision, "images_per_second": args.batch / seconds, "step_ms": 1000 * seconds,
-        "peak_gib": peak_memory_gib(), "build_seconds": build, "first_step_seconds": compile_seconds,
-    }), flush=True)
+        step()
+    _torch_synchronize()
+    first_seconds = time.perf_counter() - start
+    repeats = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        _torch_synchronize()
+        repeats.append((time.perf_counter() - start) / args.steps)
+    seconds = statistics.median(repeats)
+    return {"impl": "native_torch", "first_epoch_seconds": first_seconds, "step_ms": 1000 * seconds,
+            "images_per_second": args.batch / seconds, "peak_gib": _torch_peak_memory_gib(),
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--impl", choices=["keras", "native"], default="keras")
+    parser.add_argument("--depth", type=int, default=164)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats (the median counts)")
+    parser.add_argument("--remat", action="store_true", help="keras_preact only: recompute each unit in the backward pass")
+    parser.add_argument("--precision", choices=["none", "bfloat16"], default="bfloat16")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="XLA on JAX, torch.compile on torch and for the native baseline")
+    args = parser.parse_args()
+    result = native_throughput(args) if args.impl == "native" else keras_throughput(args)
+    config = {"depth": args.depth, "batch": args.batch, "remat": args.remat, "precision": args.precision, "compile": args.compile}
+    print(json.dumps({"kind": "throughput", **config, **result}), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m benchmarks.worker train --impl=keras --depth=164 --batch=64 [--jit] [--channels_first]
     python -m benchmarks.worker train --impl=torch --depth=164 --batch=64 [--channels_last]
-    python -m benchmarks.worker pipeline --data_dir=../shared/data/cifar10-jpeg
+    python -m benchmarks.worker pipeline --data_dir=../shared/data/cifar10-jpeg [--input_pipeline=device]
     python -m benchmarks.worker build --depth=1001
     python -m benchmarks.worker serving --depth=164
     python -m benchmarks.worker rest --depth=164 --data_dir=../shared/data/cifar10-jpeg
@@ -78,21 +78,27 @@ def train_torch(args):
 
 
 def pipeline(args):
-    from keras_preact import choices
-    from keras_preact.training import data
+    """Training batches per second of an input pipeline (tf_data, or device on this backend)."""
+    import keras
 
+    from keras_preact import choices
+    from keras_preact.training import pipelines
+
+    source = pipelines.get(args.input_pipeline)
     start = time.perf_counter()
-    train, _ = data.load("cifar10", args.data_dir)
+    train, _ = source.load("cifar10", args.data_dir)
     decode = time.perf_counter() - start
-    dataset = data.train_dataset(train, choices.DATASETS["cifar10"], batch_size=args.batch)
+    dataset = source.train_dataset(train, choices.DATASETS["cifar10"], batch_size=args.batch)
     batches = len(train) // args.batch
     iterator = iter(dataset)
     next(iterator)
     start = time.perf_counter()
     for _ in range(batches - 1):
-        next(iterator)
+        images, _ = next(iterator)
+    keras.ops.convert_to_numpy(images[:1])  # device batches are made asynchronously: wait for the last
     seconds = time.perf_counter() - start
-    return {"decode_seconds": decode, "images_per_second": (batches - 1) * args.batch / seconds}
+    return {"backend": keras.backend.backend(), "input_pipeline": pipelines.resolve(args.input_pipeline),
+            "decode_seconds": decode, "images_per_second": (batches - 1) * args.batch / seconds}
 
 
 def build(args):
@@ -235,6 +241,7 @@ def main():
     parser.add_argument("--channels_last", action="store_true")
     parser.add_argument("--remat", action="store_true")
     parser.add_argument("--data_dir", default=os.path.join("..", "shared", "data", "cifar10-jpeg"))
+    parser.add_argument("--input_pipeline", default="tf_data", help="tf_data or device (jax and torch backends)")
     args = parser.parse_args()
     if args.task == "train":
         result = train_torch(args) if args.impl == "torch" else train_keras(args)

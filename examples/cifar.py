@@ -3,6 +3,7 @@
     python examples/cifar.py                                   # ResNet-164, CIFAR-10, paper recipe
     python examples/cifar.py --depth=1001 --dataset=cifar100 --recipe=official
     python examples/cifar.py --data_dir=../shared/data/cifar10-jpeg --depth=20 --epochs=3
+    KERAS_BACKEND=jax python examples/cifar.py --data_dir=DIR --input_pipeline=device   # no TensorFlow needed
 
 Start the same command again after an interruption: it resumes after the last finished epoch.
 """
@@ -31,7 +32,7 @@ def main(argv):
     if results is None:
         return  # not the chief of a multi-process run: the chief reports
     print(f"test error {results['test_error']:.2f}% | {results['train_images_per_second']:.0f} images/s | "
-          f"{results['wall_seconds']:.0f} s | {config.model_dir}/results.json")
+          f"{results['wall_seconds']:.0f} s | input pipeline {results['input_pipeline']} | {config.model_dir}/results.json")
     if "export" in results:
         print(f"SavedModel for TF Serving: {results['export']}")
 

@@ -30,6 +30,11 @@ def define_training_flags(depth):
     flags.DEFINE_integer("num_processes", None, "JAX processes in the run (default: $KERAS_DISTRIBUTION_NUM_PROCESSES).")
     flags.DEFINE_integer("process_id", None, "This JAX process's index (default: $KERAS_DISTRIBUTION_PROCESS_ID).")
     flags.DEFINE_integer("seed", 0, "Random seed (initialisation, shuffling, augmentation).")
+    flags.DEFINE_enum(
+        "input_pipeline", "auto", choices.INPUT_PIPELINES.names,
+        "tf_data: tf.data on the host (TensorFlow). device: the split on the accelerator, batches made there "
+        "(jax/torch backends, an image folder as --data_dir, no TensorFlow). auto: tf_data where TensorFlow is installed.",
+    )
 
 
 def prepare(argv):
@@ -48,6 +53,6 @@ def run_config(**overrides):
     from keras_preact.training import RunConfig
 
     names = ("dataset", "data_dir", "depth", "block", "recipe", "epochs", "batch_size", "train_subset",
-             "model_dir", "strategy", "mixed_precision", "batch_norm", "seed")
+             "model_dir", "strategy", "mixed_precision", "batch_norm", "seed", "input_pipeline")
     values = {name: getattr(FLAGS, name) for name in names}
     return RunConfig(**{**values, **overrides}).resolved()

@@ -285,6 +285,14 @@ STRATEGIES = Choices(
         "one_device": "the first device only",
     },
 )
+INPUT_PIPELINES = Choices(
+    "input_pipeline",
+    {
+        "auto": "tf_data where TensorFlow is installed, else device",
+        "tf_data": "tf.data on the host (TensorFlow), every backend",
+        "device": "the split on the accelerator, batches made there; jax and torch backends, no TensorFlow",
+    },
+)
 
 
 def shortcut_options(shortcut, given):

@@ -1,5 +1,7 @@
-"""Shared test helpers: fresh-process runs, non-trivial BatchNorm statistics, a NumPy reference."""
+"""Shared test helpers: fresh-process runs (also without TensorFlow), non-trivial BatchNorm
+statistics, a NumPy reference."""
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +23,43 @@ def run_python(code, backend=None, timeout=600, check=True, env=None):
     if check:
         assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
     return result
+
+
+# Makes TensorFlow unimportable, as on a machine without it: `import tensorflow` (or
+# tensorflow_datasets, ...) fails as for a missing package and `importlib.util.find_spec` finds
+# nothing. At exit the process prints the TensorFlow modules it holds.
+WITHOUT_TENSORFLOW = """
+import atexit, importlib.util, json, sys
+def _tensorflow(name):
+    top = name.split(".")[0]
+    return top == "tensorflow" or top.startswith("tensorflow_")
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: None if _tensorflow(name) else _find_spec(name, package)
+class _NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if _tensorflow(name):
+            raise ModuleNotFoundError(f"No module named {name!r} (made unimportable by the test)", name=name)
+sys.meta_path.insert(0, _NoTensorFlow())
+atexit.register(lambda: print("TENSORFLOW_MODULES", json.dumps(sorted(m for m in sys.modules if _tensorflow(m))), flush=True))
+"""
+
+
+def without_tensorflow(script, arguments):
+    """The command that runs the Python file `script` with `arguments` where TensorFlow cannot be
+    imported; its last stdout line is "TENSORFLOW_MODULES [...]" (see `tensorflow_modules`)."""
+    code = WITHOUT_TENSORFLOW + (
+        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(script))!r})\n"
+        f"sys.argv = {[script, *arguments]!r}\n"
+        f"import runpy\nrunpy.run_path({script!r}, run_name='__main__')\n"
+    )
+    return [sys.executable, "-c", code]
+
+
+def tensorflow_modules(stdout):
+    """The TensorFlow modules a process started by `without_tensorflow` held at exit."""
+    reports = [line.split(" ", 1)[1] for line in stdout.splitlines() if line.startswith("TENSORFLOW_MODULES ")]
+    assert reports, "the process did not reach its exit report"
+    return json.loads(reports[-1])
 
 
 def randomize_batch_norms(model, seed=0):

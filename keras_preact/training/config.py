@@ -38,6 +38,9 @@ class RunConfig:
             paper's Torch code and tf.distribute do) or `"synchronized"` (the global batch).
         seed: initialisation, shuffling and augmentation; epoch e's order and augmentation depend
             on (seed, e) alone.
+        input_pipeline: `"auto"` (tf.data where TensorFlow is installed, else on-device batches),
+            `"tf_data"` or `"device"` (`keras_preact.choices.INPUT_PIPELINES`; the two draw
+            different random orders and crops, so a run resumes on the one it started with).
         model_options: further `PreActResNet` arguments (`MODEL_OPTIONS`).
     """
 
@@ -54,6 +57,7 @@ class RunConfig:
     mixed_precision: str = "none"
     batch_norm: str = "per_replica"
     seed: int = 0
+    input_pipeline: str = "auto"
     model_options: dict = dataclasses.field(default_factory=dict)
 
     def resolved(self):
@@ -74,6 +78,7 @@ class RunConfig:
         choices.PRECISIONS.check(self.mixed_precision)
         choices.BATCH_NORMS.check(self.batch_norm)
         choices.check_count("seed", self.seed, minimum=0)
+        choices.INPUT_PIPELINES.check(self.input_pipeline)
         return dataclasses.replace(
             self,
             block=block,

@@ -28,8 +28,9 @@ class TorchProcesses:
         self.model, self.ddp = model, torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def batches(self, dataset):
-        for batch in dataset:
-            yield tuple(self.torch.as_tensor(np.asarray(part)).to(self.device) for part in batch)
+        for batch in dataset:  # tf.data's host tensors, or the device pipeline's torch tensors
+            yield tuple(self.torch.as_tensor(part if self.torch.is_tensor(part) else np.asarray(part)).to(self.device)
+                        for part in batch)
 
     def _sums(self, values):
         import torch.distributed as dist

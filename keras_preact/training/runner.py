@@ -2,11 +2,13 @@
 
 `run(RunConfig(...))` is what `examples/cifar.py` and the ablation grid call. A run writes to
 `model_dir`: `config.json`, `checkpoint.weights.h5` (model + optimizer after the last good epoch;
-a restarted run resumes from it), `history.csv`, TensorBoard `logs/`, and at the end
-`model.weights.h5`, `results.json` and `curves.png`.
+a restarted run resumes from it), `history.csv`, TensorBoard `logs/` (tf.data pipeline), and at
+the end `model.weights.h5`, `results.json` and `curves.png`. The input pipeline is chosen by
+`pipelines` and imported only when chosen: on the device pipeline nothing imports TensorFlow.
 """
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -19,7 +21,7 @@ from keras_preact import choices, runtime
 from keras_preact.model.builders import load_weights
 from keras_preact.serving.layout import check_export_dir, next_version
 from keras_preact.serving.saved_model import export_saved_model
-from keras_preact.training import custom_loop, data, distribute
+from keras_preact.training import custom_loop, distribute, pipelines
 from keras_preact.training.callbacks import Checkpoint, StopOnNaN, Throughput
 from keras_preact.training.config import RunConfig, build_model
 from keras_preact.training.recipe import make_optimizer
@@ -38,20 +40,30 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     """Trains, evaluates and returns the results dict (also written to `model_dir/results.json`);
     in a multi-process run, the chief returns it and the other processes return None.
 
-    `train_split`/`test_split` (`data.Split`, e.g. from `data.from_arrays`) replace the dataset
-    source when given. With `export_dir`, the trained model is exported there as a TF Serving
-    SavedModel (`export_saved_model`, next free version).
+    `train_split`/`test_split` (`sources.Split`, e.g. from `sources.from_arrays`) replace the
+    dataset source when given. With `export_dir`, the trained model is exported there as a TF
+    Serving SavedModel (`export_saved_model`, next free version).
     """
     started = time.perf_counter()
     config = config.resolved()
+    # "auto" resolved before the run is claimed: config.json names the pipeline that ran, and a
+    # resume on another one (other random draws) is refused.
+    config = dataclasses.replace(config, input_pipeline=pipelines.resolve(config.input_pipeline))
     if export_dir is not None:
         check_export_dir(export_dir)  # before hours of training, not after
+        if not pipelines.tensorflow_installed():
+            raise ValueError(
+                "export_dir needs TensorFlow (a SavedModel), which is not installed here. Train without "
+                "export_dir and export the run later with `python -m keras_preact.export` where TensorFlow is."
+            )
     # First, before TensorFlow runs any op: multi-worker collectives are configured at start-up.
     placement = distribute.place(config.strategy)
     _claim_model_dir(config, write=placement.is_chief)  # only the chief writes the run's files
     keras.utils.set_random_seed(config.seed)
+    pipeline = pipelines.get(config.input_pipeline)
+    log.info("Input pipeline: %s (%s)", config.input_pipeline, choices.INPUT_PIPELINES[config.input_pipeline])
     if train_split is None or test_split is None:
-        train_split, test_split = data.load(config.dataset, config.data_dir)
+        train_split, test_split = pipeline.load(config.dataset, config.data_dir)
     train_split = train_split.subset(config.train_subset)
     if config.batch_size % placement.replicas:
         raise ValueError(f"batch_size={config.batch_size} must divide evenly over {placement.replicas} replicas.")
@@ -71,9 +83,10 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         # torch processes evaluate their own share of the test set, TensorFlow's strategies split
         # it themselves; JAX processes each feed all of it (the global batch holds it per process).
         test_split = test_split.shard(*placement.data_shard) if placement.strategy is None and placement.custom_loop else test_split
-        test_data = data.eval_dataset(test_split, choices.DATASETS[config.dataset], config.batch_size)
+        test_data = pipeline.eval_dataset(test_split, choices.DATASETS[config.dataset], config.batch_size)
         engine = _custom_loop_engine(model, placement, config.batch_size)
-        rate = _train(model, engine, config, placement, train_split, test_data, first_epoch, steps_per_epoch, folder, verbose)
+        rate = _train(model, engine, pipeline, config, placement, train_split, test_data, first_epoch, steps_per_epoch,
+                      folder, verbose)
         if engine is not None:
             accuracy = float(custom_loop.evaluate(engine, test_data)[1])
         else:
@@ -100,6 +113,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         "processes": placement.processes,
         "batch_norm": config.batch_norm,
         "placement": placement.description,
+        "input_pipeline": config.input_pipeline,
         "test_error": round(100.0 * (1.0 - accuracy), 3),
         "test_accuracy": accuracy,
         "train_images_per_second": round(rate, 1),
@@ -155,19 +169,17 @@ def _custom_loop_engine(model, placement, global_batch):
     return custom_loop.TorchProcesses(model)
 
 
-def _train(model, engine, config, placement, train_split, test_data, first_epoch, steps_per_epoch, folder, verbose):
+def _train(model, engine, pipeline, config, placement, train_split, test_data, first_epoch, steps_per_epoch, folder,
+           verbose):
     """Trains the remaining epochs; returns the training images/s."""
     checkpoint = os.path.join(folder, CHECKPOINT)
     nan_guard, throughput = StopOnNaN(), Throughput(config.batch_size)
     callbacks = [nan_guard, throughput, Checkpoint(checkpoint)]
     if placement.is_chief:
-        callbacks += [
-            keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=True),
-            keras.callbacks.TensorBoard(os.path.join(folder, "logs")),
-        ]
+        callbacks += [keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=True), *_tensorboard(config, folder)]
     if first_epoch < config.epochs:
         info = choices.DATASETS[config.dataset]
-        train_data = data.train_dataset(
+        train_data = pipeline.train_dataset(
             train_split, info, config.batch_size, config.seed, config.epochs, first_epoch, placement.data_shard
         )
         verbose = verbose if placement.is_chief else 0
@@ -189,6 +201,15 @@ def _train(model, engine, config, placement, train_split, test_data, first_epoch
     return throughput.images_per_second()
 
 
+def _tensorboard(config, folder):
+    """Keras' TensorBoard callback writes through TensorFlow, which the device pipeline leaves out."""
+    if config.input_pipeline != "tf_data":
+        log.info("No TensorBoard logs with input_pipeline=%r (they need TensorFlow); history.csv and "
+                 "curves.png hold the curves.", config.input_pipeline)
+        return []
+    return [keras.callbacks.TensorBoard(os.path.join(folder, "logs"))]
+
+
 def _claim_model_dir(config, write=True):
     """Checks that the `config.json` there, if any, describes this run (a resume), then (`write`)
     writes it."""
@@ -200,6 +221,8 @@ def _claim_model_dir(config, write=True):
             previous = RunConfig.load(path).to_dict()
         except (OSError, ValueError) as error:
             raise ValueError(f"{error} Use a new model_dir, or remove {path}.") from None
+        if previous["input_pipeline"] == "auto":  # written before the pipeline was recorded
+            previous["input_pipeline"] = pipelines.resolve("auto")
         now = config.to_dict()
         # Where the folder is does not make it another run.
         differences = [key for key in now if key != "model_dir" and previous[key] != now[key]]

@@ -1,0 +1,182 @@
+"""Where a run's images come from, without TensorFlow: in-memory splits and image folders.
+
+Both input pipelines read their data through this module (`data` for tf.data, `device_data` for
+on-device batches), so an image folder gives the same pixels, labels and errors on either. Image
+files are decoded with Pillow (libjpeg's accurate integer IDCT: the pixels of
+`tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")`).
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from keras_preact import choices
+
+IMAGE_SIZE = 32
+PADDING = 4  # the paper's augmentation, in both pipelines: 4-pixel zero padding, then a 32x32 crop
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+@dataclasses.dataclass
+class Split:
+    """One split in memory: uint8 images [N, 32, 32, 3] and int32 labels [N]."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple = None  # an image folder's class folders, in label order
+
+    def __len__(self):
+        return len(self.labels)
+
+    def shard(self, index, count):
+        """Every `count`-th example from `index` on: one process's share of an evaluation."""
+        return Split(self.images[index::count], self.labels[index::count], self.class_names)
+
+    def subset(self, count):
+        """`count` examples, taken class by class in turn (the first of each class, then the
+        second, ...): class-balanced even where the source is sorted by class, as image folders
+        are, and the same examples every time."""
+        if count is None:
+            return self
+        if choices.check_count("train_subset", count) > len(self):
+            raise ValueError(f"train_subset={count} must be between 1 and the split's {len(self)} images.")
+        rank_in_class = np.empty(len(self), np.int64)
+        for label in np.unique(self.labels):
+            members = np.flatnonzero(self.labels == label)
+            rank_in_class[members] = np.arange(len(members))
+        chosen = np.lexsort((self.labels, rank_in_class))[:count]
+        chosen.sort()  # keep the source's order among the chosen
+        return Split(self.images[chosen], self.labels[chosen], self.class_names)
+
+
+def from_arrays(images, labels):
+    """A Split from in-memory arrays: uint8 images [N, 32, 32, 3] and integer labels [N].
+
+    >>> split = from_arrays(np.zeros((2, 32, 32, 3), np.uint8), [[0], [1]])
+    >>> len(split), split.labels.tolist()
+    (2, [0, 1])
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels).reshape(-1)
+    if images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 pixels (0-255), got dtype {images.dtype}.")
+    if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        raise ValueError(f"images must have shape [N, 32, 32, 3], got {list(images.shape)}.")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels.")
+    return Split(images, labels.astype(np.int32))
+
+
+def load(name, data_dir, other_source):
+    """Loads `name` ("cifar10" or "cifar100") as checked (train, test) Splits.
+
+    `data_dir` holding `train/<class>/*` and `test/<class>/*` is read as an image folder; any other
+    `data_dir` (or None) goes to `other_source(name, data_dir)`: TensorFlow Datasets for the
+    tf.data pipeline, an error that says what to pass for the on-device one.
+    """
+    info = choices.TRAINING_DATASETS[name]
+    if data_dir is not None:
+        data_dir = os.fspath(data_dir)
+        if not os.path.exists(data_dir):
+            raise FileNotFoundError(
+                f"data_dir {data_dir!r} does not exist. Pass an image folder (train/<class>/*, "
+                "test/<class>/*) or a TFDS data directory (create it first to download into it)."
+            )
+        if not os.path.isdir(data_dir):
+            raise NotADirectoryError(f"data_dir {data_dir!r} is a file; pass the folder that holds train/ and test/.")
+    if data_dir is not None and is_image_folder(data_dir):
+        train, test = read_image_folder(data_dir)
+    else:
+        train, test = other_source(name, data_dir)
+    for split_name, split in (("train", train), ("test", test)):
+        check_split(split, info, f"{name} {split_name} split")
+    return train, test
+
+
+def check_split(split, info, description):
+    if len(split) == 0:
+        raise ValueError(f"The {description} is empty.")
+    low, high = int(split.labels.min()), int(split.labels.max())
+    if low < 0 or high >= info.classes:
+        raise ValueError(
+            f"The {description} has labels {low}..{high}, outside 0..{info.classes - 1}: is this "
+            "the right dataset?"
+        )
+
+
+# --- image folders --------------------------------------------------------------------------------
+
+
+def is_image_folder(data_dir):
+    return all(os.path.isdir(os.path.join(data_dir, split)) for split in ("train", "test"))
+
+
+def _visible(folder):
+    """Entries of `folder` in name order, without hidden ones (".ipynb_checkpoints", macOS "._x")."""
+    return sorted((entry for entry in os.scandir(folder) if not entry.name.startswith(".")), key=lambda e: e.name)
+
+
+def read_image_folder(data_dir):
+    """Reads `data_dir/{train,test}/<class>/*.{jpg,png}`; labels follow sorted class folder names.
+
+    Hidden files and folders are skipped; anything else that is not an image is an error naming it.
+    """
+    classes = [entry.name for entry in _visible(os.path.join(data_dir, "train")) if entry.is_dir()]
+    if not classes:
+        raise ValueError(f"{os.path.join(data_dir, 'train')} has no class folders.")
+    test_classes = [entry.name for entry in _visible(os.path.join(data_dir, "test")) if entry.is_dir()]
+    if test_classes != classes:
+        raise ValueError(
+            f"{data_dir}: train and test have different class folders "
+            f"({', '.join(sorted(set(classes) ^ set(test_classes)))} differ)."
+        )
+    return tuple(_read_folder_split(os.path.join(data_dir, split), classes) for split in ("train", "test"))
+
+
+def _image_files(folder):
+    files = []
+    for entry in _visible(folder):
+        if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            continue
+        if entry.is_dir():
+            raise ValueError(f"{entry.path} is a folder, not an image: rename or move it.")
+        if not entry.is_file():
+            raise ValueError(f"{entry.path} is a broken link or not a regular file: remove or fix it.")
+        files.append(entry.path)
+    if not files:
+        raise ValueError(f"Class folder {folder} has no .jpg or .png images.")
+    return files
+
+
+def _read_folder_split(split_dir, classes):
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = _image_files(os.path.join(split_dir, name))
+        paths += files
+        labels += [label] * len(files)
+    images = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    for index, path in enumerate(paths):
+        images[index] = _decode_file(path)
+    return Split(images, np.asarray(labels, np.int32), tuple(classes))
+
+
+def _decode_file(path):
+    """One 32x32 RGB image file as uint8 [32, 32, 3], or a ValueError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.mode == "P":  # a palette PNG: its colours (and alpha), as TensorFlow decodes it
+                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+            pixels = np.asarray(image)
+    # Pillow raises SyntaxError for some bad headers, DecompressionBombError for giant images.
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"Cannot decode {path}: not a readable JPEG or PNG image ({error}).") from None
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    if pixels.dtype != np.uint8 or pixels.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE) or channels != 3:
+        raise ValueError(
+            f"{path} is {pixels.shape[1]}x{pixels.shape[0]} with {channels} channels; CIFAR images must "
+            "be 32x32 RGB."
+        )
+    return pixels
