@@ -208,9 +208,10 @@ def test_nan_in_the_first_epoch_says_there_is_no_checkpoint(tmp_path, monkeypatc
     ],
 )
 def test_bad_configuration(tmp_path, overrides, error, message):
-    config = training.RunConfig(**{"depth": 8, "epochs": 1, "model_dir": str(tmp_path), **overrides})
+    config = training.RunConfig(**{"depth": 8, "epochs": 1, "model_dir": str(tmp_path / "run"), **overrides})
     with pytest.raises(error, match=message):
         training.run(config, verbose=0)
+    assert not (tmp_path / "run").exists()  # nothing written, so the corrected command is no other run
 
 
 def test_model_dir_of_another_run_is_refused(tmp_path):

@@ -26,6 +26,7 @@ class TorchProcesses:
         self.device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
         ids = [torch.cuda.current_device()] if self.device != "cpu" else None
         self.model, self.ddp = model, torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.loss = keras.losses.SparseCategoricalCrossentropy()  # the loss the run compiles
 
     def batches(self, dataset):
         for batch in dataset:  # tf.data's host tensors, or the device pipeline's torch tensors
@@ -45,7 +46,7 @@ class TorchProcesses:
         for variable in trainable:
             variable.value.grad = None
         logits = self.ddp(x, training=True)
-        loss = self.model.loss(y, logits)
+        loss = self.loss(y, logits)
         self.model.optimizer.scale_loss(loss).backward()  # DDP averages the gradients here
         self.model.optimizer.apply([variable.value.grad for variable in trainable], trainable)
         return self._sums([float(loss) * len(y), float((logits.argmax(-1) == y).sum()), len(y)])
@@ -54,7 +55,7 @@ class TorchProcesses:
         x, y = batch
         with self.torch.no_grad():
             logits = self.model(x, training=False)
-            return [float(self.model.loss(y, logits)) * len(y), float((logits.argmax(-1) == y).sum()), len(y)]
+            return [float(self.loss(y, logits)) * len(y), float((logits.argmax(-1) == y).sum()), len(y)]
 
     def total(self, sums):
         return self._sums(sums)

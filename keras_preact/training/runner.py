@@ -58,7 +58,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
             )
     # First, before TensorFlow runs any op: multi-worker collectives are configured at start-up.
     placement = distribute.place(config.strategy)
-    _claim_model_dir(config, write=placement.is_chief)  # only the chief writes the run's files
+    _check_model_dir(config)
     keras.utils.set_random_seed(config.seed)
     pipeline = pipelines.get(config.input_pipeline)
     log.info("Input pipeline: %s (%s)", config.input_pipeline, choices.INPUT_PIPELINES[config.input_pipeline])
@@ -80,6 +80,8 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     with _own_folder(config.model_dir, placement.is_chief) as folder:
         model = _compiled_model(config, placement, steps_per_epoch)
         first_epoch = _restore(model, os.path.join(config.model_dir, CHECKPOINT), steps_per_epoch)
+        if placement.is_chief:  # only the chief writes the run's files; none before its data loaded
+            config.save(os.path.join(config.model_dir, "config.json"))
         # torch processes evaluate their own share of the test set, TensorFlow's strategies split
         # it themselves; JAX processes each feed all of it (the global batch holds it per process).
         test_split = test_split.shard(*placement.data_shard) if placement.strategy is None and placement.custom_loop else test_split
@@ -138,10 +140,11 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
 
 @contextlib.contextmanager
 def _own_folder(model_dir, chief):
-    """Where this process saves weights: `model_dir` for the chief; for the others a scratch folder,
-    removed at the end. They must save too: on JAX, reading a sharded variable is a collective that
+    """Where this process saves weights: `model_dir` (created) for the chief; for the others a
+    scratch folder, removed at the end. They must save too: on JAX, reading a sharded variable is a collective that
     every process joins (TensorFlow's multi-worker guide does the same with temporary folders)."""
     if chief:
+        os.makedirs(model_dir, exist_ok=True)
         yield model_dir
     else:
         with tempfile.TemporaryDirectory(prefix="keras_preact_worker_") as scratch:
@@ -210,9 +213,8 @@ def _tensorboard(config, folder):
     return [keras.callbacks.TensorBoard(os.path.join(folder, "logs"))]
 
 
-def _claim_model_dir(config, write=True):
-    """Checks that the `config.json` there, if any, describes this run (a resume), then (`write`)
-    writes it."""
+def _check_model_dir(config):
+    """Checks that the `config.json` there, if any, describes this run (a resume)."""
     if os.path.exists(config.model_dir) and not os.path.isdir(config.model_dir):
         raise NotADirectoryError(f"model_dir {config.model_dir!r} is a file; pass a folder for the run's files.")
     path = os.path.join(config.model_dir, "config.json")
@@ -232,9 +234,6 @@ def _claim_model_dir(config, write=True):
                 + ", ".join(f"{key}: {previous[key]!r} there, {now[key]!r} now" for key in differences)
                 + "). Use a new model_dir, or the same settings to resume."
             )
-    if write:
-        os.makedirs(config.model_dir, exist_ok=True)
-        config.save(path)
 
 
 def _restore(model, checkpoint, steps_per_epoch):
