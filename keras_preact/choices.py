@@ -7,8 +7,10 @@ here; the code that gives it behaviour reads the record. This module imports not
 (and no framework), so command lines can list the choices before a backend starts.
 """
 
+import contextlib
 import dataclasses
 import math
+import numbers
 from collections.abc import Mapping
 
 
@@ -53,20 +55,27 @@ class Choices(Mapping):
 
 def check_number(argument, value, low=-math.inf, high=math.inf, high_open=False):
     """A finite real number (not a bool) in [low, high] (or [low, high)); a ValueError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    number = None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):  # an int beyond float's range is not finite either
+            number = float(value)
+    if number is None or not math.isfinite(number):
         raise ValueError(f"{argument} must be a finite number, got {value!r}.")
+    value = number
     if value < low or value > high or (high_open and value == high):
         bound = ")" if high_open else "]"
         raise ValueError(f"{argument} must be in [{low:g}, {high:g}{bound}, got {value!r}.")
     return float(value)
 
 
-def check_count(argument, value, minimum=1):
-    """An integer (not a bool) of at least `minimum`; a ValueError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def check_count(argument, value, minimum=1, maximum=None):
+    """An integer (not a bool, NumPy's included) in [minimum, maximum]; a ValueError otherwise."""
+    integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not integer or value < minimum or (maximum is not None and value > maximum):
         kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer of at least {minimum}")
+        kind += f" of at most {maximum}" if maximum is not None else ""
         raise ValueError(f"{argument} must be {kind}, got {value!r}.")
-    return value
+    return int(value)
 
 
 # --- data ----------------------------------------------------------------------------------------

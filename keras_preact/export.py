@@ -38,15 +38,18 @@ def _run_weights(model_dir):
 
 
 def _run_class_names(model_dir):
-    """The class names a finished run saved in results.json; None (the dataset's) without one."""
-    path = os.path.join(model_dir, "results.json")
+    """The class names a run saved (`class_names.json` when it started; `results.json` of runs
+    before it wrote that file); None (the dataset's) without either."""
+    path = os.path.join(model_dir, "class_names.json")
+    if not os.path.exists(path):
+        path = os.path.join(model_dir, "results.json")
     if not os.path.exists(path):
         return None
     try:
         with open(path) as f:
             names = json.load(f).get("class_names")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
-        raise ValueError(f"{path} is not a readable results file (JSON object): {error}.") from None
+        raise ValueError(f"{path} is not a readable JSON object with class_names: {error}.") from None
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise ValueError(f"{path}: class_names must be a list of strings, got {names!r}.")
     return names

@@ -1,6 +1,7 @@
 """The ablation runner: a grid of variants through the training code, tables beside the paper's."""
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -49,10 +50,14 @@ def test_grid_trains_each_variant_and_reports(tmp_path, monkeypatch):
         assert [row["variant"] for row in csv.DictReader(f)] == names
     assert open(chart, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
-    # A finished variant is read back, not trained again.
+    # A finished variant resumes with nothing left to train: the same numbers, its speed kept.
     calls.clear()
     again = ablation.run_grid(base(tmp_path), ["original"], str(tmp_path))
-    assert calls == [] and again[0]["test_error"] == rows[0]["test_error"]
+    assert calls == [{"unit": "original"}]
+    assert [again[0][k] for k in ("test_error", "wall_seconds")] == [rows[0][k] for k in ("test_error", "wall_seconds")]
+    # ... and a grid of other settings over it is refused, not reported with the old numbers.
+    with pytest.raises(ValueError, match="holds a run with other settings .*epochs: 1 there, 2 now"):
+        ablation.run_grid(dataclasses.replace(base(tmp_path), epochs=2), ["original"], str(tmp_path))
 
 
 def test_every_paper_variant_is_listed():

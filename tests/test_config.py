@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from keras_preact import choices
@@ -32,7 +33,11 @@ def test_none_means_default_and_nothing_else_does():
         (dict(batch_size=-8), "batch_size must be a positive integer, got -8"),
         (dict(epochs=2.5), "epochs must be a positive integer, got 2.5"),
         (dict(train_subset=0), "train_subset must be a positive integer, got 0"),
-        (dict(seed=-1), "seed must be a non-negative integer, got -1"),
+        (dict(seed=-1), "seed must be a non-negative integer of at most 4294967295, got -1"),
+        (dict(seed=2**32), "seed must be a non-negative integer of at most 4294967295, got 4294967296"),
+        (dict(depth=20, model_options={"stride_on": "3x3"}), "stride_on applies to bottleneck units"),
+        (dict(model_options={"shortcut": "constant_scaling", "shortcut_scale": 10**400}), "shortcut_scale must be a finite number"),
+        (dict(model_options={"unit": None, "typo": None}), "Unknown model option\\(s\\) typo"),
         (dict(depth=True), "depth must be a positive integer, got True"),
         (dict(depth=12), "depth=12 does not fit"),
         (dict(block="wide"), "Unknown block='wide'. Valid values: 'basic', 'bottleneck'"),
@@ -114,3 +119,11 @@ def test_a_record_per_ordering_holds_unit_stem_and_head():
 def test_config_json_is_plain_json(tmp_path):
     RunConfig(depth=20).resolved().save(tmp_path / "c.json")
     assert json.loads((tmp_path / "c.json").read_text())["block"] == "basic"
+
+
+def test_none_means_the_default_for_every_setting():
+    fields = [field.name for field in dataclasses.fields(RunConfig)]
+    given_none = RunConfig(**{name: None for name in fields}).resolved()
+    assert given_none == RunConfig().resolved()
+    assert RunConfig(model_options={"unit": None, "remat": None}).resolved().model_options == {}
+    assert RunConfig(epochs=np.int64(3), seed=np.int32(1)).resolved().epochs == 3  # NumPy integers are integers

@@ -1,7 +1,9 @@
 """Training runs: loss goes down, results and curves, kill -9 and resume, multi-replica, NaN, errors."""
 
+import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,6 +125,77 @@ def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path):
     assert read_history(os.path.join(resumed, "history.csv")) == expected  # bit for bit
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="bit-for-bit equality is promised on TensorFlow")
+def test_history_follows_the_checkpoint(tmp_path, monkeypatch):
+    """Killed after epoch 2's row but before its checkpoint: the resume writes that row again, once;
+    a run started afresh (its checkpoint removed) starts history.csv afresh."""
+    settings = dict(depth=8, epochs=3, batch_size=20, seed=2)
+    whole = training.RunConfig(model_dir=str(tmp_path / "whole"), **settings)
+    training.run(whole, *toy_splits(), verbose=0)
+    expected = read_history(str(tmp_path / "whole" / "history.csv"))
+
+    real_save = training.callbacks.Checkpoint.on_epoch_end
+
+    def killed_at_the_second(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt  # the process dies here
+        real_save(self, epoch, logs)
+
+    config = training.RunConfig(model_dir=str(tmp_path / "run"), **settings)
+    monkeypatch.setattr(training.callbacks.Checkpoint, "on_epoch_end", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        training.run(config, *toy_splits(), verbose=0)
+    assert [row["epoch"] for row in read_history(str(tmp_path / "run" / "history.csv"))] == [0, 1]
+    monkeypatch.setattr(training.callbacks.Checkpoint, "on_epoch_end", real_save)
+    training.run(config, *toy_splits(), verbose=0)
+    with open(tmp_path / "run" / "history.csv") as f:
+        assert [line.split(",")[0] for line in f][1:] == ["0", "1", "2"]  # each epoch's row once
+    assert read_history(str(tmp_path / "run" / "history.csv")) == expected
+
+    os.remove(tmp_path / "run" / "checkpoint.weights.h5")
+    training.run(config, *toy_splits(), verbose=0)
+    assert read_history(str(tmp_path / "run" / "history.csv")) == expected
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
+    import fcntl
+
+    config = training.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path))
+    with open(tmp_path / ".lock", "w") as held:  # as the first run holds it
+        held.write("4242")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match=r"is in use by another run \(process 4242\); wait for it"):
+            training.run(config, *toy_splits(), verbose=0)
+    assert not (tmp_path / "checkpoint.weights.h5").exists()
+
+
+def test_images_of_another_class_count_are_refused_before_training(tmp_path):
+    images, labels = toy_splits()[0].images, toy_splits()[0].labels
+    three = dataclasses.replace(from_arrays(images, labels), class_names=("red", "green", "blue"))
+    config = training.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"The training images have 3 classes \(red, green, blue\), cifar10 has 10"):
+        training.run(config, three, three, verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_channels_first_keras_setting_is_refused_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(keras.config, "image_data_format", lambda: "channels_first")
+    config = training.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="feeds channels-last batches .* set it to 'channels_last'"):
+        training.run(config, *toy_splits(), verbose=0)
+
+
+def test_an_evaluation_that_is_not_finite_stops_the_run():
+    guard = training.callbacks.StopOnNaN()
+    guard.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    guard.model.stop_training = False  # as fit sets it
+    guard.on_epoch_end(0, {"loss": 3.2, "val_loss": 2.9})
+    assert guard.where is None and not guard.model.stop_training
+    guard.on_epoch_end(1, {"loss": 1e30, "val_loss": float("nan")})
+    assert guard.where == "the evaluation after epoch 2" and guard.model.stop_training
+
+
 def test_zero_and_negative_settings_are_refused_by_the_command(tmp_path):
     for flag, message in (("--epochs=0", "epochs must be a positive integer, got 0"),
                           ("--batch_size=0", "batch_size must be a positive integer, got 0"),
@@ -169,13 +242,31 @@ def test_torch_backend_says_one_device():
     assert "on the torch backend runs under torchrun: torchrun --nproc_per_node=N" in failed.stderr
 
 
+@pytest.mark.parametrize(
+    "tf_config, strategy, message",
+    [
+        ({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}, "mirrored",
+         "TF_CONFIG describes 2 processes, but strategy='mirrored' trains within one"),
+        ({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "evaluator", "index": 0}}, "auto",
+         "TF_CONFIG's task {'type': 'evaluator', 'index': 0} is not one of its cluster's training processes"),
+        ({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 3}}, "auto",
+         "is not one of its cluster's training processes \\(worker 0-1\\)"),
+        (["worker"], "auto", "TF_CONFIG is not valid JSON"),
+    ],
+)
+def test_a_tf_config_that_does_not_fit_is_refused(tf_config, strategy, message):
+    code = f"from keras_preact.training import distribute; distribute.place({strategy!r})"
+    failed = run_python(code, backend="tensorflow", env={"TF_CONFIG": json.dumps(tf_config)}, check=False)
+    assert failed.returncode == 1 and re.search(message, failed.stderr), failed.stderr[-2000:]
+
+
 def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_state(tmp_path, monkeypatch):
     def exploding(*args, **kwargs):  # fine for the first epoch (6 steps), then a huge rate
         return recipe.TorchSGD(recipe.StepSchedule(0.01, boundaries=[6], factor=1e30))
 
     monkeypatch.setattr("keras_preact.training.runner.make_optimizer", exploding)
     config = training.RunConfig(depth=8, epochs=3, batch_size=20, model_dir=str(tmp_path))
-    with pytest.raises(training.TrainingDiverged, match=r"loss became NaN at epoch 2, step \d.*last good state stays in"):
+    with pytest.raises(training.TrainingDiverged, match=r"loss became NaN or infinite at epoch 2, step \d.*last good state stays in"):
         training.run(config, *toy_splits(), verbose=0)
     model = keras_preact.PreActResNet(8, block="basic", classes=10)
     model.compile(optimizer=exploding(), loss="sparse_categorical_crossentropy")

@@ -6,7 +6,6 @@ Markdown and CSV tables and a bar chart.
 
 import csv
 import dataclasses
-import json
 import logging
 import os
 
@@ -19,7 +18,8 @@ log = logging.getLogger("keras_preact")
 def run_grid(base, names, model_dir):
     """Trains `base` (a RunConfig) once per variant under `model_dir/<variant>`; returns rows.
 
-    A variant whose `results.json` exists is not trained again, so an interrupted grid resumes.
+    Each variant resumes from its checkpoint, so an interrupted grid resumes; a folder of other
+    settings is refused.
     A run whose loss diverges is recorded as such (the paper's "fail").
     """
     rows = []
@@ -28,17 +28,14 @@ def run_grid(base, names, model_dir):
     for index, name in enumerate(names, start=1):
         options = choices.VARIANTS[name].options
         config = dataclasses.replace(base, model_dir=os.path.join(model_dir, name), model_options=dict(options))
-        results_path = os.path.join(config.model_dir, "results.json")
         log.info("[%d/%d] %s: %s", index, len(names), name, options)
-        if os.path.exists(results_path):
-            with open(results_path) as f:
-                results = json.load(f)
-        else:
-            try:
-                results = run(config)
-            except TrainingDiverged as error:
-                log.warning("%s diverged: %s", name, error)
-                results = {"test_error": None, "diverged": True}
+        try:
+            # A finished variant resumes with nothing left to train (its settings checked, its
+            # test error evaluated again, its training speed and time kept).
+            results = run(config)
+        except TrainingDiverged as error:
+            log.warning("%s diverged: %s", name, error)
+            results = {"test_error": None, "diverged": True}
         rows.append({"variant": name, **{k: results.get(k) for k in ("test_error", "wall_seconds", "parameters")},
                      "diverged": bool(results.get("diverged"))})
     return rows

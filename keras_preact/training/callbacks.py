@@ -8,8 +8,13 @@ import keras
 import numpy as np
 
 
+def _finite(logs, key):
+    return math.isfinite(float((logs or {}).get(key, 0.0)))
+
+
 class StopOnNaN(keras.callbacks.Callback):
-    """Stops at the first non-finite training loss and remembers where."""
+    """Stops at the first non-finite training loss, or at an epoch whose evaluation is not finite
+    (the weights went non-finite in its last update), and remembers where."""
 
     def __init__(self):
         super().__init__()
@@ -25,9 +30,14 @@ class StopOnNaN(keras.callbacks.Callback):
             self.where = f"epoch {self.epoch + 1}, step {batch + 1}"
             self.model.stop_training = True
 
+    def on_epoch_end(self, epoch, logs=None):
+        if self.where is None and not _finite(logs, "val_loss"):
+            self.where = f"the evaluation after epoch {epoch + 1}"
+            self.model.stop_training = True
+
 
 class Checkpoint(keras.callbacks.Callback):
-    """Writes model + optimizer state after every epoch whose loss is finite, atomically.
+    """Writes model + optimizer state after every epoch whose losses are finite, atomically.
 
     The optimizer's iteration count is inside the file, so a restarted run knows its epoch and
     learning rate from the file alone; a kill at any point leaves the previous file intact.
@@ -38,7 +48,7 @@ class Checkpoint(keras.callbacks.Callback):
         self.path = path
 
     def on_epoch_end(self, epoch, logs=None):
-        if not math.isfinite(float((logs or {}).get("loss", 0.0))):
+        if not (_finite(logs, "loss") and _finite(logs, "val_loss")):
             return  # keep the last good state
         partial = self.path + ".partial.weights.h5"
         self.model.save_weights(partial)

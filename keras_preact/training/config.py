@@ -62,11 +62,13 @@ class RunConfig:
 
     def resolved(self):
         """This configuration with every default filled in, or a ValueError naming the bad value."""
+        self = dataclasses.replace(self, **_defaults_for_none(self))
         choices.TRAINING_DATASETS.check(self.dataset)
         _check_path("data_dir", self.data_dir, optional=True)
         choices.check_count("depth", self.depth)
         block = choices.default_block(self.depth) if self.block is None else choices.BLOCKS.check(self.block)
         units_per_stage(self.depth, block, "cifar")
+        model_options = _check_model_options(self.model_options, block)
         recipe = choices.RECIPES[self.recipe]
         epochs = recipe.epochs if self.epochs is None else choices.check_count("epochs", self.epochs)
         batch_size = recipe.batch_size if self.batch_size is None else choices.check_count("batch_size", self.batch_size)
@@ -77,7 +79,7 @@ class RunConfig:
         choices.STRATEGIES.check(self.strategy)
         choices.PRECISIONS.check(self.mixed_precision)
         choices.BATCH_NORMS.check(self.batch_norm)
-        choices.check_count("seed", self.seed, minimum=0)
+        choices.check_count("seed", self.seed, minimum=0, maximum=2**32 - 1)  # the seeds Keras takes
         choices.INPUT_PIPELINES.check(self.input_pipeline)
         return dataclasses.replace(
             self,
@@ -86,7 +88,7 @@ class RunConfig:
             batch_size=batch_size,
             model_dir=os.fspath(model_dir),
             data_dir=None if self.data_dir is None else os.fspath(self.data_dir),
-            model_options=_check_model_options(self.model_options),
+            model_options=model_options,
         )
 
     def to_dict(self):
@@ -136,7 +138,20 @@ def _check_path(argument, value, optional=False):
         raise ValueError(f"{argument} must be a path, got {value!r}.")
 
 
-def _check_model_options(options):
+def _defaults_for_none(config):
+    """None means the default, for every setting (model options included)."""
+    replaced = {}
+    for field in dataclasses.fields(config):
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        if getattr(config, field.name) is None and default is not None:
+            replaced[field.name] = default
+    if isinstance(config.model_options, dict):
+        # an unknown name stays, to be refused
+        replaced["model_options"] = {k: v for k, v in config.model_options.items() if v is not None or k not in MODEL_OPTIONS}
+    return replaced
+
+
+def _check_model_options(options, block):
     if not isinstance(options, dict):
         raise ValueError(f"model_options must be a dict of PreActResNet arguments, got {options!r}.")
     unknown = sorted(set(options) - set(MODEL_OPTIONS))
@@ -151,6 +166,8 @@ def _check_model_options(options):
     for option, check in checks.items():
         if options.get(option) is not None:
             check(options[option])
+    if "stride_on" in options and block == "basic":
+        raise ValueError("stride_on applies to bottleneck units; basic units stride on their first 3x3 conv.")
     if not isinstance(options.get("remat", False), bool):
         raise ValueError(f"remat must be True or False, got {options['remat']!r}.")
     given = {k: v for k, v in options.items() if k in choices.SHORTCUT_OPTIONS}

@@ -142,10 +142,17 @@ def _tensorflow_placement(strategy):
     import tensorflow as tf
 
     cluster = _tf_config().get("cluster", {})
+    workers = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+    if workers > 1 and strategy in ("mirrored", "one_device"):
+        # Each process would train alone and all would write model_dir as its chief.
+        raise ValueError(
+            f"TF_CONFIG describes {workers} processes, but strategy={strategy!r} trains within one: use "
+            "strategy='multi_worker' (or 'auto'), or unset TF_CONFIG."
+        )
     if strategy == "auto":
         # The cluster first: listing devices starts TensorFlow's runtime, after which a
         # MultiWorkerMirroredStrategy can no longer configure its collectives.
-        if sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")) > 1:
+        if workers > 1:
             strategy = "multi_worker"
         else:
             gpus, cpus = tf.config.list_logical_devices("GPU"), tf.config.list_logical_devices("CPU")
@@ -153,9 +160,17 @@ def _tensorflow_placement(strategy):
     if strategy == "multi_worker":
         if not cluster:
             raise ValueError("strategy='multi_worker' on TensorFlow needs TF_CONFIG describing the cluster.")
+        task = _tf_config().get("task")
+        kinds = [kind for kind in ("chief", "worker") if kind in cluster]
+        known = isinstance(task, dict) and task.get("type") in kinds and isinstance(task.get("index"), int)
+        if not known or not 0 <= task["index"] < len(cluster[task["type"]]):
+            raise ValueError(
+                f"TF_CONFIG's task {task!r} is not one of its cluster's training processes "
+                f"({', '.join(f'{kind} 0-{len(cluster[kind]) - 1}' for kind in kinds)}): each process's TF_CONFIG "
+                "names its own type (chief or worker) and index."
+            )
         distributed = tf.distribute.MultiWorkerMirroredStrategy()
         resolver = distributed.cluster_resolver
-        kinds = [kind for kind in ("chief", "worker") if kind in cluster]
         index = sum(len(cluster[kind]) for kind in kinds[: kinds.index(resolver.task_type)]) + resolver.task_id
         return Placement(
             f"MultiWorkerMirroredStrategy: {distributed.num_replicas_in_sync} replicas in "
@@ -178,9 +193,15 @@ def _tensorflow_placement(strategy):
 
 def _tf_config():
     try:
-        return json.loads(os.environ.get("TF_CONFIG") or "{}")
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        if not isinstance(config, dict) or not isinstance(config.get("cluster", {}), dict):
+            raise json.JSONDecodeError("not an object with a cluster object", "", 0)
+        return config
     except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({error}); see README.md, 'Several GPUs and machines'.") from None
+        raise ValueError(
+            f"TF_CONFIG is not valid JSON ({error}); set it to a JSON object such as "
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}.'
+        ) from None
 
 
 def _jax_placement(strategy):

@@ -9,6 +9,7 @@ the end `model.weights.h5`, `results.json` and `curves.png`. The input pipeline 
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -46,6 +47,12 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     """
     started = time.perf_counter()
     config = config.resolved()
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "training.run feeds channels-last batches (height, width, channels), but Keras' image_data_format "
+            "is 'channels_first': set it to 'channels_last' (keras.config.set_image_data_format or "
+            "~/.keras/keras.json) for training; the trained weights load into a channels-first model too."
+        )
     # "auto" resolved before the run is claimed: config.json names the pipeline that ran, and a
     # resume on another one (other random draws) is refused.
     config = dataclasses.replace(config, input_pipeline=pipelines.resolve(config.input_pipeline))
@@ -67,6 +74,15 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     train_split = train_split.subset(config.train_subset)
     if config.batch_size % placement.replicas:
         raise ValueError(f"batch_size={config.batch_size} must divide evenly over {placement.replicas} replicas.")
+    last_test_batch = len(test_split) % config.batch_size
+    if keras.backend.backend() == "jax" and placement.replicas > 1 and last_test_batch % placement.replicas:
+        # JAX shards every batch over the devices evenly (TensorFlow's strategies pad, torch
+        # processes evaluate their own share): refused now rather than after the first epoch.
+        raise ValueError(
+            f"The test set's last batch of {last_test_batch} images ({len(test_split)} images in batches of "
+            f"{config.batch_size}) does not split over {placement.replicas} devices on JAX: pick a batch_size "
+            f"whose remainder is a multiple of {placement.replicas}, e.g. one that divides {len(test_split)}."
+        )
     steps_per_epoch = len(train_split) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"The training split has {len(train_split)} images, fewer than one batch of {config.batch_size}.")
@@ -76,12 +92,14 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         config.batch_size, placement.description,
     )
 
-    class_names = list(train_split.class_names or choices.DATASETS[config.dataset].class_names)
+    class_names = _class_names(config, train_split, test_split)
     with _own_folder(config.model_dir, placement.is_chief) as folder:
         model = _compiled_model(config, placement, steps_per_epoch)
         first_epoch = _restore(model, os.path.join(config.model_dir, CHECKPOINT), steps_per_epoch)
         if placement.is_chief:  # only the chief writes the run's files; none before its data loaded
             config.save(os.path.join(config.model_dir, "config.json"))
+            _write_json(os.path.join(config.model_dir, "class_names.json"), {"class_names": class_names})
+            _trim_history(os.path.join(config.model_dir, "history.csv"), first_epoch)
         # torch processes evaluate their own share of the test set, TensorFlow's strategies split
         # it themselves; JAX processes each feed all of it (the global batch holds it per process).
         test_split = test_split.shard(*placement.data_shard) if placement.strategy is None and placement.custom_loop else test_split
@@ -120,6 +138,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         "test_accuracy": accuracy,
         "train_images_per_second": round(rate, 1),
         "wall_seconds": round(time.perf_counter() - started, 1),
+        **_earlier_training(config.model_dir, first_epoch, config.epochs),
         "parameters": model.count_params(),
         "model_options": config.model_options,
         "class_names": class_names,
@@ -127,8 +146,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     }
     if exported:
         results["export"] = exported
-    with open(os.path.join(config.model_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    _write_json(os.path.join(config.model_dir, "results.json"), results)
     plot_curves(
         read_history(os.path.join(config.model_dir, "history.csv")),
         os.path.join(config.model_dir, "curves.png"),
@@ -145,7 +163,8 @@ def _own_folder(model_dir, chief):
     every process joins (TensorFlow's multi-worker guide does the same with temporary folders)."""
     if chief:
         os.makedirs(model_dir, exist_ok=True)
-        yield model_dir
+        with _exclusive(model_dir):
+            yield model_dir
     else:
         with tempfile.TemporaryDirectory(prefix="keras_preact_worker_") as scratch:
             yield scratch
@@ -154,8 +173,13 @@ def _own_folder(model_dir, chief):
 def _compiled_model(config, placement, steps_per_epoch):
     with placement.scope():
         model = build_model(config, batch_norm_options=distribute.batch_norm_options(config.batch_norm, placement))
+        optimizer = make_optimizer(choices.RECIPES[config.recipe], steps_per_epoch, config.epochs, config.batch_size)
+        if choices.PRECISIONS[config.mixed_precision] == "mixed_float16":
+            # float16 gradients underflow without loss scaling; Keras adds it only when the model's
+            # own policy is mixed_float16, and the builders set the policy on each layer instead.
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(
-            optimizer=make_optimizer(choices.RECIPES[config.recipe], steps_per_epoch, config.epochs, config.batch_size),
+            optimizer=optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
@@ -177,9 +201,12 @@ def _train(model, engine, pipeline, config, placement, train_split, test_data, f
     """Trains the remaining epochs; returns the training images/s."""
     checkpoint = os.path.join(folder, CHECKPOINT)
     nan_guard, throughput = StopOnNaN(), Throughput(config.batch_size)
-    callbacks = [nan_guard, throughput, Checkpoint(checkpoint)]
+    callbacks = [nan_guard, throughput]
     if placement.is_chief:
         callbacks += [keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=True), *_tensorboard(config, folder)]
+    # Last: a kill between the epoch's row and its checkpoint leaves a row the resume trims and
+    # writes again; the other order would lose the row.
+    callbacks.append(Checkpoint(checkpoint))
     if first_epoch < config.epochs:
         info = choices.DATASETS[config.dataset]
         train_data = pipeline.train_dataset(
@@ -226,7 +253,9 @@ def _check_model_dir(config):
         if previous["input_pipeline"] == "auto":  # written before the pipeline was recorded
             previous["input_pipeline"] = pipelines.resolve("auto")
         now = config.to_dict()
-        # Where the folder is does not make it another run.
+        # Where the folder is, or how its data folder is spelled, does not make it another run.
+        for values in (previous, now):
+            values["data_dir"] = values["data_dir"] and os.path.realpath(values["data_dir"])
         differences = [key for key in now if key != "model_dir" and previous[key] != now[key]]
         if differences:
             raise ValueError(
@@ -234,6 +263,84 @@ def _check_model_dir(config):
                 + ", ".join(f"{key}: {previous[key]!r} there, {now[key]!r} now" for key in differences)
                 + "). Use a new model_dir, or the same settings to resume."
             )
+
+
+def _class_names(config, train_split, test_split):
+    """The names of the classes the model will output; a folder of another dataset is refused
+    before training, not at export."""
+    dataset = choices.DATASETS[config.dataset]
+    names = list(train_split.class_names or dataset.class_names)
+    if len(names) != dataset.classes:
+        raise ValueError(
+            f"The training images have {len(names)} classes ({', '.join(names[:12])}), {config.dataset} has "
+            f"{dataset.classes}: pass the dataset these images belong to, or a folder with one subfolder per class."
+        )
+    if test_split.class_names is not None and list(test_split.class_names) != names:
+        raise ValueError(
+            f"The test images' classes ({', '.join(test_split.class_names[:12])}) are not the training images' "
+            f"({', '.join(names[:12])}): give train/ and test/ the same class folders."
+        )
+    return names
+
+
+@contextlib.contextmanager
+def _exclusive(model_dir):
+    """Holds a lock on `model_dir` while this run writes there: a second run into the same folder
+    (the same command started twice) is refused instead of interleaving checkpoints."""
+    with open(os.path.join(model_dir, ".lock"), "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise RuntimeError(
+                f"{model_dir} is in use by another run (process {lock.read().strip() or '?'}); wait for it to "
+                "finish, or use another model_dir."
+            ) from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
+def _write_json(path, values):
+    """Writes atomically: a kill leaves the previous file or the new one, never half of one."""
+    partial = f"{path}.partial"
+    with open(partial, "w") as f:
+        json.dump(values, f, indent=2)
+    os.replace(partial, path)
+
+
+def _trim_history(path, first_epoch):
+    """Keeps the rows of the epochs the checkpoint holds: a row written before a kill (or before
+    the checkpoint was removed to start afresh) is written again by the epoch that redoes it."""
+    if not os.path.exists(path):
+        return
+    if first_epoch == 0:
+        os.remove(path)
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    epochs = [line.split(",", 1)[0] for line in lines[1:]]
+    kept = lines[:1] + [line for line, epoch in zip(lines[1:], epochs) if epoch.isdigit() and int(epoch) < first_epoch]
+    if kept != lines:
+        log.info("history.csv: kept the rows of the %d finished epochs", first_epoch)
+        with open(f"{path}.partial", "w") as f:
+            f.writelines(kept)
+        os.replace(f"{path}.partial", path)
+
+
+def _earlier_training(model_dir, first_epoch, epochs):
+    """A run started again after its last epoch trains nothing: its results keep the speed and
+    time of the training that did."""
+    path = os.path.join(model_dir, "results.json")
+    if first_epoch < epochs or not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            earlier = json.load(f)
+        return {key: earlier[key] for key in ("train_images_per_second", "wall_seconds")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _restore(model, checkpoint, steps_per_epoch):
@@ -257,6 +364,6 @@ def _divergence_message(where, checkpoint):
     else:
         kept = "No epoch finished before it, so no checkpoint was written."
     return (
-        f"The training loss became NaN at {where}. {kept} Lower the learning rate (a smaller "
+        f"The loss became NaN or infinite at {where}. {kept} Lower the learning rate (a smaller "
         "batch_size scales it down) or check the input data."
     )
