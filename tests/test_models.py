@@ -24,7 +24,6 @@ PAPER_COUNTS = [
     ("ResNet164", {}, 1_703_258, 1_727_482),
     ("ResNet164", {"classes": 100}, 1_726_388, 1_750_612),
     ("ResNet1001", {}, 10_327_706, 10_476_922),
-    ("ResNet1001", {"classes": 100}, 10_350_836, 10_500_052),
     ("ResNet50", {}, 25_549_352, 25_594_792),
     ("ResNet101", {}, 44_541_480, 44_639_144),
     ("ResNet152", {}, 60_185_128, 60_328_872),
@@ -41,12 +40,8 @@ def test_parameter_counts_match_paper(builder, kwargs, trainable, total):
     model = getattr(keras_preact, builder)(**kwargs)
     assert count(model.trainable_weights) == trainable
     assert count(model.weights) == total
-
-
-def test_resnet1001_convolution_weights_match_paper_rounding():
-    # The paper's "10.2M" for ResNet-1001 is its convolution weights alone.
-    model = keras_preact.ResNet1001()
-    assert count(w for w in model.weights if w.path.endswith("kernel") and len(w.shape) == 4) == 10_175_920
+    if builder == "ResNet1001":  # the paper's "10.2M" is its convolution weights alone
+        assert count(w for w in model.weights if w.path.endswith("kernel") and len(w.shape) == 4) == 10_175_920
 
 
 def units(model):
@@ -159,8 +154,10 @@ def test_keras_file_round_trip(tmp_path, name):
     np.testing.assert_allclose(numpy(restored(x)), numpy(model(x)), atol=1e-6)
 
 
-@pytest.mark.parametrize("other", [b for b in BACKENDS if b != keras.backend.backend()])
-def test_weights_portable_across_backends(tmp_path, other):
+def test_weights_portable_across_backends(tmp_path):
+    # Saved here, loaded on the next backend: over the three backends' runs, every backend saves
+    # and every backend loads.
+    other = BACKENDS[(BACKENDS.index(keras.backend.backend()) + 1) % len(BACKENDS)]
     inputs, expected = {}, {}
     for name, build in small_models().items():
         model = build()
@@ -193,9 +190,11 @@ import keras_preact
 limit = sys.getrecursionlimit()
 model = keras_preact.ResNet1001(classes=100)
 assert sys.getrecursionlimit() == limit == 1000, limit
-print(model.count_params(), len(model.layers))
+trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+print(trainable, model.count_params(), len(model.layers))
 """
-    assert run_python(code).stdout.split() == ["10500052", "339"]
+    # The paper's CIFAR-100 ResNet-1001, counted here too.
+    assert run_python("import numpy as np\n" + code).stdout.split() == ["10350836", "10500052", "339"]
 
 
 def test_small_network_trains():
