@@ -161,10 +161,18 @@ def test_unreadable_image(sample_copy):
         data.load("cifar10", str(sample_copy))
 
 
+def test_half_an_image_folder_is_named(sample_copy):
+    import shutil
+
+    shutil.rmtree(sample_copy / "test")
+    with pytest.raises(FileNotFoundError, match=r"has train/ but no test/: an image folder holds both"):
+        data.load("cifar10", str(sample_copy))
+
+
 def test_wrong_sized_image(sample_copy):
     png = tf.io.encode_png(tf.zeros((16, 24, 3), tf.uint8)).numpy()
     (sample_copy / "test" / "cat" / "big.png").write_bytes(png)
-    with pytest.raises(ValueError, match=r"test/cat/big.png is 24x16 with 3 channels; CIFAR images must be 32x32 RGB"):
+    with pytest.raises(ValueError, match=r"test/cat/big.png is 24x16; CIFAR images must be 32x32 RGB"):
         data.load("cifar10", str(sample_copy))
 
 

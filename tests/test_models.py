@@ -114,6 +114,13 @@ def test_input_tensor_and_variable_size():
     assert out.shape == (1, 9, 5, 256)
 
 
+@pytest.mark.parametrize("depth, block, stem, side", [(8, "basic", "cifar", 4), (50, "bottleneck", "imagenet", 32)])
+def test_the_smallest_inputs_the_stems_take(depth, block, stem, side):
+    # A stride-2 3x3 conv padded by hand sees side+2 pixels: a 2x2 map still makes a 1x1 one.
+    model = keras_preact.PreActResNet(depth, block=block, stem=stem, input_shape=(side, side, 3), include_top=False)
+    assert model(np.zeros((1, side, side, 3), "float32")).shape[1:3] == (1, 1)
+
+
 def test_classifier_activation():
     x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype("float32")
     probabilities = numpy(keras_preact.PreActResNet(11, classes=5)(x))

@@ -153,8 +153,13 @@ class ResidualUnit(keras.layers.Layer):
             filters, kernel, name, strides=strides, padding="valid" if explicit else "same",
             data_format=self.data_format, dtype=self.dtype_policy,
         )
-        layer.build(input_shape)
-        return layer, kernel // 2 if explicit else 0
+        padding = kernel // 2 if explicit else 0
+        padded = list(input_shape)
+        for axis in (1, 2) if self.data_format == "channels_last" else (2, 3):
+            if padded[axis] is not None:  # the shape it sees: a 2x2 map, padded, takes a strided 3x3
+                padded[axis] += 2 * padding
+        layer.build(tuple(padded))
+        return layer, padding
 
     def _norms_for(self, operations, prefix, shape):
         """BatchNorm layers for the "bn" entries of `operations`, built at `shape`."""

@@ -49,7 +49,7 @@ class TorchProcesses:
         loss = self.loss(y, logits)
         self.model.optimizer.scale_loss(loss).backward()  # DDP averages the gradients here
         self.model.optimizer.apply([variable.value.grad for variable in trainable], trainable)
-        return self._sums([float(loss) * len(y), float((logits.argmax(-1) == y).sum()), len(y)])
+        return self._sums([float(loss.detach()) * len(y), float((logits.argmax(-1) == y).sum()), len(y)])
 
     def test_step(self, batch):
         x, y = batch

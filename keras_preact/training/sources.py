@@ -85,6 +85,13 @@ def load(name, data_dir, other_source):
             )
         if not os.path.isdir(data_dir):
             raise NotADirectoryError(f"data_dir {data_dir!r} is a file; pass the folder that holds train/ and test/.")
+    halves = [split for split in ("train", "test") if data_dir is not None and os.path.isdir(os.path.join(data_dir, split))]
+    if len(halves) == 1:  # half an image folder is no TFDS directory either
+        missing = {"train": "test", "test": "train"}[halves[0]]
+        raise FileNotFoundError(
+            f"{data_dir} has {halves[0]}/ but no {missing}/: an image folder holds both "
+            f"(train/<class>/*, test/<class>/*)."
+        )
     if data_dir is not None and is_image_folder(data_dir):
         train, test = read_image_folder(data_dir)
     else:
@@ -167,6 +174,8 @@ def _decode_file(path):
 
     try:
         with Image.open(path) as image:
+            if image.size != (IMAGE_SIZE, IMAGE_SIZE):  # from the header, before decoding it
+                raise ValueError(f"{path} is {image.size[0]}x{image.size[1]}; CIFAR images must be 32x32 RGB.")
             if image.mode == "P":  # a palette PNG: its colours (and alpha), as TensorFlow decodes it
                 image = image.convert("RGBA" if "transparency" in image.info else "RGB")
             pixels = np.asarray(image)
@@ -174,9 +183,10 @@ def _decode_file(path):
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"Cannot decode {path}: not a readable JPEG or PNG image ({error}).") from None
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    if pixels.dtype != np.uint8 or pixels.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE) or channels != 3:
+    if pixels.dtype != np.uint8 or channels != 3:
+        kind = {1: "grayscale", 2: "grayscale with alpha", 4: "RGBA (or CMYK)"}.get(channels, f"{channels}-channel")
         raise ValueError(
-            f"{path} is {pixels.shape[1]}x{pixels.shape[0]} with {channels} channels; CIFAR images must "
-            "be 32x32 RGB."
+            f"{path} is {kind} ({pixels.dtype}); CIFAR images must be 32x32 RGB with 8 bits a channel: "
+            "convert the file to RGB."
         )
     return pixels
