@@ -62,6 +62,13 @@ def test_mixed_precision_run_leaves_the_global_policy_alone(tmp_path):
     assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in weights.weights)
 
 
+def test_float16_trains_with_loss_scaling():
+    model = keras_preact.PreActResNet(8, block="basic", dtype="mixed_float16")
+    model.compile(optimizer=recipe.TorchSGD(0.1), loss="sparse_categorical_crossentropy")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # float16 gradients would underflow
+    assert keras.config.dtype_policy().name == "float32"
+
+
 def test_default_blocks_follow_the_paper():
     assert [choices.default_block(d) for d in (20, 56, 110, 164, 1001, 11, 1202)] == [
         "basic", "basic", "basic", "bottleneck", "bottleneck", "bottleneck", "basic"

