@@ -11,6 +11,7 @@ against TensorFlow Serving. It needs Python alone (no TensorFlow, no Keras).
 
 import argparse
 import base64
+import itertools
 import json
 import os
 import sys
@@ -22,18 +23,25 @@ EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 def image_files(paths):
-    """(path, true class name or None) for each image file under `paths`, in name order."""
+    """(path, true class name or None) for each image file under `paths`, in their order; a folder's
+    classes interleaved (the first file of each class, then the second, ...) so that any --limit
+    samples every class. Hidden files and folders (.ipynb_checkpoints) are skipped."""
     found = []
     for path in paths:
         if os.path.isfile(path):
+            if not path.lower().endswith(EXTENSIONS):
+                raise FileNotFoundError(f"{path} is not a {'/'.join(EXTENSIONS)} file.")
             found.append((path, None))
             continue
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path} is neither an image file nor a folder.")
-        for folder, subfolders, files in sorted(os.walk(path)):
-            subfolders.sort()
+        by_folder = []
+        for folder, subfolders, files in os.walk(path):
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
             label = os.path.basename(folder) if folder != path else None
-            found += [(os.path.join(folder, f), label) for f in sorted(files) if f.lower().endswith(EXTENSIONS)]
+            images = sorted(f for f in files if f.lower().endswith(EXTENSIONS) and not f.startswith("."))
+            by_folder.append([(os.path.join(folder, f), label) for f in images])
+        found += [item for row in itertools.zip_longest(*by_folder) for item in row if item is not None]
     if not found:
         raise FileNotFoundError(f"No {'/'.join(EXTENSIONS)} files under {', '.join(paths)}.")
     return found

@@ -15,6 +15,7 @@ import socket
 import sys
 
 from keras_preact import choices
+from keras_preact.serving.rest import MAX_BATCH
 
 
 def _parser():
@@ -23,7 +24,7 @@ def _parser():
     parser.add_argument("--model_name", required=True, help="the NAME in /v1/models/NAME")
     parser.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default (1-65535)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--max_batch", type=int, default=256, help="most images per request; sets the body limit")
+    parser.add_argument("--max_batch", type=int, default=256, help=f"most images per request (at most {MAX_BATCH}); sets the body limit")
     parser.add_argument(
         "--read_timeout", type=float, default=30.0, help="seconds a request's headers, and then its body, may take to arrive"
     )
@@ -50,7 +51,7 @@ def _check(args):
     """The flags' problems as a ValueError, before anything loads."""
     if not re.fullmatch(r"[^/:\s]+", args.model_name):
         raise ValueError(f"--model_name must be a non-empty name without '/', ':' or spaces, got {args.model_name!r}.")
-    choices.check_count("--max_batch", args.max_batch)
+    choices.check_count("--max_batch", args.max_batch, maximum=MAX_BATCH)
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be from 1 to 65535, got {args.port}.")
     choices.check_number("--read_timeout", args.read_timeout, low=0.001)
@@ -71,26 +72,28 @@ def _bind(host, port):
 
 def _protocol(timeout):
     """uvicorn's HTTP/1.1 protocol, closing a connection whose request headers have not come within
-    `timeout` seconds (checked each `timeout`: a connection with no new request between two checks
-    while awaiting headers goes), and answering unparsable requests with JSON. uvicorn itself waits
-    for ever; the body's timeout is the app's."""
+    `timeout` seconds of it opening or of the previous answer, and answering unparsable requests
+    with JSON. uvicorn itself waits for ever; the body's timeout is the app's."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class Protocol(H11Protocol):
         def connection_made(self, transport):
             super().connection_made(transport)
-            self._checked_cycle = None
-            self._watch = self.loop.call_later(timeout, self._check_headers)
+            self._watch_headers()
 
-        def _check_headers(self):
-            if self.transport.is_closing():
-                return
-            if self.conn.their_state is h11.IDLE and self.cycle is self._checked_cycle:
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._watch.cancel()
+            self._watch_headers()
+
+        def _watch_headers(self):
+            # `self.cycle` is replaced when a request's headers have come.
+            self._watch = self.loop.call_later(timeout, self._close_if_no_headers, self.cycle)
+
+        def _close_if_no_headers(self, cycle):
+            if not self.transport.is_closing() and self.cycle is cycle and self.conn.their_state is h11.IDLE:
                 self.transport.close()
-                return
-            self._checked_cycle = self.cycle
-            self._watch = self.loop.call_later(timeout, self._check_headers)
 
         def connection_lost(self, exc):
             self._watch.cancel()

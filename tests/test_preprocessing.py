@@ -28,12 +28,15 @@ def test_preprocess_input_normalises_per_channel(dataset):
     np.testing.assert_allclose(numpy(from_tensor), expected, rtol=1e-6, atol=1e-6)
     channels_first = keras_preact.preprocess_input(PIXELS.transpose(0, 3, 1, 2), dataset, data_format="channels_first")
     np.testing.assert_allclose(channels_first, expected.transpose(0, 3, 1, 2), rtol=1e-6, atol=1e-6)
+    one_image = keras_preact.preprocess_input(PIXELS[0].transpose(2, 0, 1), dataset, data_format="channels_first")
+    np.testing.assert_allclose(one_image, expected[0].transpose(2, 0, 1), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(
     "x, kwargs, message",
     [
         (np.zeros((2, 32, 32, 4)), {}, "3 channels on axis -1"),
+        (np.zeros((2, 32, 32, 3)), {"data_format": "channels_first"}, "3 channels on axis -3"),
         (np.zeros((32, 3)), {}, "3 channels"),
         (PIXELS, {"dataset": "svhn"}, "Unknown dataset='svhn'"),
         (PIXELS, {"dataset": ((1, 2), (1, 2))}, "3 finite numbers each"),

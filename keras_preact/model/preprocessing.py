@@ -130,7 +130,7 @@ def preprocess_input(x, dataset="cifar10", data_format=None):
     """
     mean, std = normalization(dataset)
     data_format = choices.DATA_FORMATS.check(data_format or keras.config.image_data_format())
-    axis = choices.DATA_FORMATS[data_format]
+    axis = -1 if data_format == "channels_last" else -3  # from the end: one image or a batch
     as_numpy = isinstance(x, (np.ndarray, list, tuple, np.generic))
     shape = np.shape(x) if as_numpy else tuple(x.shape)
     if len(shape) < 3 or shape[axis] != 3:

@@ -8,6 +8,7 @@ folder left by a killed export is never served and never blocks the next export.
 
 import os
 import re
+import tempfile
 
 VERSION = re.compile(r"0|[1-9][0-9]*")  # a version folder's name, as the version prints
 PARTIAL = ".partial-"  # in the name of a version folder being written
@@ -28,6 +29,11 @@ def check_export_dir(export_dir):
         raise NotADirectoryError(f"export_dir {export_dir!r} lies under the file {existing!r}; pass a folder path.")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"export_dir {export_dir!r}: {existing!r} is not writable.")
+    # Permission bits can say yes where no folder can be made (/proc, read-only mounts): try one.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".keras_preact-probe-", dir=existing))
+    except OSError as error:
+        raise PermissionError(f"export_dir {export_dir!r}: no folder can be created in {existing!r} ({error.strerror}).") from None
 
 
 def versions(export_dir):

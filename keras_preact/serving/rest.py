@@ -16,6 +16,7 @@ It needs TensorFlow, FastAPI and uvicorn, not Keras. It serves the highest compl
 import asyncio
 import base64
 import binascii
+import contextlib
 import itertools
 import json
 import logging
@@ -25,6 +26,7 @@ import time
 
 import numpy as np
 
+from keras_preact import choices
 from keras_preact.serving.layout import VERSION, servable_versions
 
 log = logging.getLogger("keras_preact.serve")
@@ -34,11 +36,21 @@ ROUTE = re.compile(
     r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?:(?P<metadata>/metadata)|:(?P<verb>[^/:]*))?/?"
 )
-BYTES_PER_PIXEL_VALUE = 16  # pixels as JSON text: "255, " and room for indentation
+# Pixels as JSON text: "255, " (json.dumps' separators) plus a pixel's brackets is 5.7 bytes a
+# value; compact JSON ("255,") 4.7. Indented JSON (a line per value) does not fit.
+BYTES_PER_PIXEL_VALUE = 6
 BODY_OVERHEAD = 64 * 1024  # keys, signature name, whitespace
+MAX_BATCH = 1024  # most images a request may hold (--max_batch): bounds the body limit
 # Requests parsed and run at once: the parsed JSON of a full body is ≈10x its size, and TensorFlow
-# already spreads one batch over every core; the others wait with their bodies read.
+# already spreads one batch over every core.
 PARALLEL_REQUESTS = 4
+# Bodies held at once, in body limits: those parsed and run, and as many being read; other
+# requests wait unread (in the kernel's buffers), so any number of uploads costs bounded memory.
+BODIES_HELD = 2 * PARALLEL_REQUESTS
+# A body over the limit is still read and discarded up to this many limits: clients (urllib,
+# requests) send the whole body before reading the answer, and a connection closed under them
+# loses the 413 to a reset.
+DRAIN_LIMITS = 2
 CLOSE = {"Connection": "close"}  # after a body that was not read to its end
 VALUE_KINDS = {bool: "true/false", float: "a number with a fraction or exponent (or NaN/Infinity)", str: "a string",
                type(None): "null", dict: "an object", list: "a list"}
@@ -55,6 +67,27 @@ class RequestError(Exception):
 
 def bad_request(message):
     return RequestError(400, message)
+
+
+class BodyBudget:
+    """Bytes of request bodies held at once, over all requests: a request reserves its body's size
+    before reading it, and waits while the others hold the rest."""
+
+    def __init__(self, capacity):
+        self.free = capacity
+        self.released = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, size):
+        async with self.released:
+            await self.released.wait_for(lambda: self.free >= size)
+            self.free -= size
+        try:
+            yield
+        finally:
+            async with self.released:
+                self.free += size
+                self.released.notify_all()
 
 
 class Version:
@@ -160,7 +193,7 @@ def predict(version, body, max_batch):
     import tensorflow as tf
 
     request = _parse_json(body)
-    signature = request.get("signature_name", "serving_default")
+    signature = request.get("signature_name") or "serving_default"  # "" too, as in TF Serving
     if signature not in version.signatures:
         raise bad_request(
             f"Unknown signature_name {signature!r}; this model has {', '.join(map(repr, version.signatures))}."
@@ -173,14 +206,13 @@ def predict(version, body, max_batch):
     if len(values) > max_batch:
         raise bad_request(f"The request holds {len(values)} images; at most {max_batch} per request.")
     spec = version.input_spec(signature)
-    if spec.dtype == tf.string:
-        images = tf.constant(_encoded_images(values))
-    else:
-        images = tf.constant(_pixel_images(values, tuple(spec.shape[1:]), signature))
+    encoded = spec.dtype == tf.string
+    images = _encoded_images(values) if encoded else _pixel_images(values, tuple(spec.shape[1:]), signature)
     try:
-        outputs = version.signatures[signature](images=images)
-    except tf.errors.InvalidArgumentError as error:  # what the signature checks: format, size
-        raise bad_request(_signature_error(error)) from None
+        outputs = version.signatures[signature](images=tf.constant(images))
+    except tf.errors.InvalidArgumentError as error:  # what the signature checks: format, size; decoding
+        message = _signature_error(error)
+        raise bad_request(_undecodable(images, message) if encoded else message) from None
     return len(values), _format_response({name: value.numpy() for name, value in outputs.items()}, layout)
 
 
@@ -276,6 +308,21 @@ def _signature_error(error):
     return found.group(1) if found else message
 
 
+def _undecodable(files, message):
+    """`message`, naming the first file that TensorFlow cannot decode where it names no image: the
+    signature's checks name theirs, its decoders' errors ("Invalid JPEG data ...") do not."""
+    import tensorflow as tf
+
+    if message.startswith("Image "):
+        return message
+    for index, data in enumerate(files):
+        try:
+            tf.io.decode_image(data, channels=3, expand_animations=False)
+        except tf.errors.InvalidArgumentError:
+            return f"Image {index}: {message}"
+    return message
+
+
 def _format_response(outputs, layout):
     outputs = {name: np.char.decode(value.astype(bytes), "utf-8") if value.dtype == object else value
                for name, value in outputs.items()}
@@ -290,27 +337,40 @@ def _first_line(error):
     return text.splitlines()[0] if text else type(error).__name__
 
 
-async def read_body(request, limit, timeout):
-    """The request body, or a 413 past `limit` bytes (before reading, where Content-Length says so)
-    or a 408 when it has not all arrived within `timeout` seconds."""
+def declared_length(request):
+    """The body's size from Content-Length, or None (chunked, or a value h11 would refuse)."""
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise RequestError(413, f"The body has {int(length):,} bytes; at most {limit:,} (set by --max_batch).", CLOSE)
+    return int(length) if length is not None and length.isdigit() else None
+
+
+async def read_body(request, limit, timeout):
+    """The request body, or a 408 when it has not all arrived within `timeout` seconds, or a 413
+    past `limit` bytes: after reading and discarding up to DRAIN_LIMITS limits, at once for a
+    Content-Length over that."""
+    declared = declared_length(request)
+    too_long = RequestError(
+        413, f"The body has {declared:,} bytes; at most {limit:,} (set by --max_batch)." if declared is not None
+        else f"The body exceeds {limit:,} bytes (set by --max_batch).", CLOSE,
+    )
+    if declared is not None and declared > DRAIN_LIMITS * limit:
+        raise too_long
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     chunks, size = [], 0
     stream = request.stream().__aiter__()
-    while True:
+    while size <= DRAIN_LIMITS * limit:
         try:
             chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - loop.time(), 0))
         except StopAsyncIteration:
-            return b"".join(chunks)
+            break
         except asyncio.TimeoutError:
             raise RequestError(408, f"The body did not arrive within {timeout:g} s.", CLOSE) from None
         size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"The body exceeds {limit:,} bytes (set by --max_batch).", CLOSE)
-        chunks.append(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+    if size > limit:
+        raise too_long
+    return b"".join(chunks)
 
 
 def create_app(export_dir, model_name, max_batch=256, read_timeout=30.0, version_labels=None, docs=False):
@@ -321,18 +381,26 @@ def create_app(export_dir, model_name, max_batch=256, read_timeout=30.0, version
     `docs`: serve FastAPI's /docs and /openapi.json.
     """
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import Response
     import anyio
     from starlette.exceptions import HTTPException
 
+    choices.check_count("max_batch", max_batch, maximum=MAX_BATCH)
     servable = Servable(export_dir, version_labels)
     limiter = anyio.CapacityLimiter(PARALLEL_REQUESTS)
     body_limit = max_batch * servable.image_values() * BYTES_PER_PIXEL_VALUE + BODY_OVERHEAD
+    bodies = BodyBudget(BODIES_HELD * body_limit)
     hidden = {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title=f"keras_preact: {model_name}", **({} if docs else hidden))
 
+    def respond(content, status=200, headers=None):
+        # As TF Serving writes it: a model's NaN or infinite outputs as the tokens NaN, Infinity and
+        # -Infinity (Starlette's JSONResponse refuses them: a 500; Python's json and most clients read them).
+        text = json.dumps(content, ensure_ascii=False, allow_nan=True, separators=(",", ":"))
+        return Response(text, status, headers, media_type="application/json")
+
     def error(status, message, headers=None):
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
+        return respond({"error": message}, status, headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, problem):  # what Starlette answers itself (an unknown method)
@@ -355,9 +423,12 @@ def create_app(export_dir, model_name, max_batch=256, read_timeout=30.0, version
             if request.method != "POST":
                 raise RequestError(405, f"{request.method} is not allowed on :predict; use POST.", {"Allow": "POST"})
             version = servable.resolve(model_name, name, number, label)
-            body = await read_body(request, body_limit, read_timeout)
-            # Parsing and inference run in worker threads, so that concurrent requests run side by side.
-            request.state.images, response = await anyio.to_thread.run_sync(predict, version, body, max_batch, limiter=limiter)
+            declared = declared_length(request)
+            # Held from its first byte read to its answer; a declared body over the limit is drained, not held.
+            async with bodies.reserve(body_limit if declared is None else declared if declared <= body_limit else 0):
+                body = await read_body(request, body_limit, read_timeout)
+                # Parsing and inference run in worker threads, so that concurrent requests run side by side.
+                request.state.images, response = await anyio.to_thread.run_sync(predict, version, body, max_batch, limiter=limiter)
             return response
         if request.method not in ("GET", "HEAD"):
             raise RequestError(
@@ -379,7 +450,7 @@ def create_app(export_dir, model_name, max_batch=256, read_timeout=30.0, version
         started = time.perf_counter()
         request.state.images = 0
         try:
-            response = JSONResponse(await answer(request, request.url.path))
+            response = respond(await answer(request, request.url.path))
         except RequestError as problem:
             response = error(problem.status, str(problem), problem.headers)
         except Exception:

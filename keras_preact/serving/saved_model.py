@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 
 import keras
 import numpy as np
@@ -30,6 +31,9 @@ SIGNATURE = "serving_default"
 ENCODED_SIGNATURE = "encoded_images"
 # A photo's decoded size is bounded before decoding: a small PNG can claim a huge canvas.
 MAX_IMAGE_PIXELS = 40_000_000
+# Resizing the shorter side to 256 makes the longer one 256 x the aspect ratio: a 40000x1 file
+# would become 10 gigapixels. Bounded, resizing allocates at most ≈16·256² pixels (13 MB float32).
+MAX_ASPECT_RATIO = 16
 
 
 def export_saved_model(model, export_dir, dataset="cifar10", version=1, class_names=None):
@@ -40,10 +44,11 @@ def export_saved_model(model, export_dir, dataset="cifar10", version=1, class_na
 
     `encoded_images` takes `images`, a string `[batch]` of JPEG or PNG files (`{"b64": ...}` over
     REST), and returns the same plus `class_names` (string `[batch]`, the top-1 class's name). It
-    decodes to RGB and checks each image: a dataset with a `resize` side (ImageNet) resizes the
-    shorter side to 256 (scaled to the model's size) and centre-crops the model's size; any other
-    takes exactly the model's size (32x32 for CIFAR) and rejects other sizes with an error that
-    names the image. Errors are InvalidArgument (HTTP 400 in TF Serving and the local server).
+    decodes to RGB (JPEGs with libjpeg's accurate IDCT, as Pillow) and checks each image: a dataset
+    with a `resize` side (ImageNet) resizes the shorter side to 256 (scaled to the model's size) and
+    centre-crops the model's size, refusing files over 40 megapixels or 16:1; any other takes
+    exactly the model's size (32x32 for CIFAR) and rejects other sizes with an error that names the
+    image. Errors are InvalidArgument (HTTP 400 in TF Serving and the local server).
 
     Both normalise with `dataset`'s per-channel mean and std, unless the model does it itself
     (`include_preprocessing`; its constants must then equal `dataset`'s). Loading needs only
@@ -56,10 +61,10 @@ def export_saved_model(model, export_dir, dataset="cifar10", version=1, class_na
         export_dir: the model's base directory (what TF Serving's `--model_base_path` names).
         dataset: a name of `keras_preact.choices.DATASETS` (its class count must be the model's),
             or a `(mean, std)` pair of per-channel values on 0-255 pixels for other data.
-        version: a positive integer; `export_dir/<version>` must not exist yet.
-        class_names: the names of the model's classes in label order (e.g. an image folder run's
-            `results.json["class_names"]`); default: the dataset's, or "0", "1", ... for a
-            `(mean, std)` pair.
+        version: a positive integer (NumPy's too); `export_dir/<version>` must not exist yet.
+        class_names: the names of the model's classes in label order, any iterable of strings
+            (e.g. an image folder run's `results.json["class_names"]`); default: the dataset's, or
+            "0", "1", ... for a `(mean, std)` pair.
 
     Returns:
         The path of the written version directory.
@@ -72,8 +77,7 @@ def export_saved_model(model, export_dir, dataset="cifar10", version=1, class_na
     ['assets', 'fingerprint.pb', 'saved_model.pb', 'variables']
     """
     check_export_dir(export_dir)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"version must be a positive integer (TF Serving's version folder), got {version!r}.")
+    version = choices.check_count("version", version)
     record = choices.DATASETS[dataset] if isinstance(dataset, str) else None
     normalization(dataset)  # a bad (mean, std) fails here
     softmax_output = _output_activation(model)
@@ -137,11 +141,13 @@ def _fsync(path):
 def _class_names(class_names, dataset, classes):
     if class_names is None:
         return dataset_class_names(dataset) if isinstance(dataset, str) else tuple(map(str, range(classes)))
-    if isinstance(class_names, str) or not all(isinstance(name, str) and name for name in class_names):
+    # Any iterable (a generator is read once, here); a string would be a list of letters.
+    names = tuple(class_names) if isinstance(class_names, Iterable) and not isinstance(class_names, (str, bytes)) else None
+    if names is None or not all(isinstance(name, str) and name for name in names):
         raise ValueError(f"class_names must be a list of non-empty strings, got {class_names!r}.")
-    if len(class_names) != classes:
-        raise ValueError(f"{len(class_names)} class_names for a model of {classes} classes.")
-    return tuple(class_names)
+    if len(names) != classes:
+        raise ValueError(f"{len(names)} class_names for a model of {classes} classes.")
+    return names
 
 
 def _encoded_image_policy(model, record):
@@ -269,19 +275,25 @@ def _wrap(bare, target, input_shape, dataset, softmax_output, names, image):
                 lambda: tf.reverse(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.int32, little_endian=False), [0]),
             )
         if shorter is None:
-            fits = (size[0] == height) & (size[1] == width)
-            problem = tf.strings.format(
-                "Image {} is {}x{} pixels (width x height); this model takes exactly %dx%d (images are not "
-                "resized for it)." % (width, height), (index, size[1], size[0]),
-            )
+            checks = [((size[0] == height) & (size[1] == width),
+                       "Image {} is {}x{} pixels (width x height); this model takes exactly %dx%d (images are not "
+                       "resized for it)." % (width, height))]
         else:
-            fits = tf.cast(size[0], tf.int64) * tf.cast(size[1], tf.int64) <= MAX_IMAGE_PIXELS
-            problem = tf.strings.format(
-                "Image {} is {}x{} pixels, over %d megapixels." % (MAX_IMAGE_PIXELS // 10**6), (index, size[1], size[0])
+            longer, short = (tf.cast(side, tf.int64) for side in (tf.reduce_max(size), tf.reduce_min(size)))
+            checks = [(longer * short <= MAX_IMAGE_PIXELS,
+                       "Image {} is {}x{} pixels, over %d megapixels." % (MAX_IMAGE_PIXELS // 10**6)),
+                      (longer <= MAX_ASPECT_RATIO * short,
+                       "Image {} is {}x{} pixels: aspect ratio too extreme (over %d:1); the model sees a square "
+                       "centre crop, so crop the image nearer to square first." % MAX_ASPECT_RATIO)]
+        checked = [tf.debugging.Assert(fits, [tf.strings.format(problem, (index, size[1], size[0]))]) for fits, problem in checks]
+        with tf.control_dependencies(checked):
+            # libjpeg's accurate integer IDCT, as Pillow (the training pipeline's decoder) uses:
+            # TensorFlow's default fast IDCT differs by up to 5 levels a pixel.
+            pixels = tf.cond(
+                is_jpeg,
+                lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+                lambda: tf.io.decode_png(data, channels=3),
             )
-        checked = tf.debugging.Assert(fits, [problem])
-        with tf.control_dependencies([checked]):
-            pixels = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
         if shorter is None:
             return tf.ensure_shape(tf.cast(pixels, tf.float32), [height, width, 3])
         # The standard evaluation view: shorter side to `shorter`, then the centre crop (resized
