@@ -97,9 +97,14 @@ def _preprocessing(x, include_preprocessing, stem, classes, axis, dtype):
                 f"include_preprocessing=True picks CIFAR-10 or CIFAR-100 by the classes (10 or 100), got "
                 f"classes={classes}: pass a dataset name or a (mean, std) pair."
             )
-    if isinstance(dataset, bool) or dataset is None:
-        raise ValueError(f"include_preprocessing must be True, False, a dataset name or (mean, std); got {dataset!r}.")
-    return Normalize(*normalization(dataset), axis=axis, dtype=dtype, name="preprocessing")(x)
+    refusal = f"include_preprocessing must be True, False, a dataset name or (mean, std); got {include_preprocessing!r}."
+    if isinstance(dataset, bool) or not isinstance(dataset, (str, tuple, list)):
+        raise ValueError(refusal)
+    try:
+        mean_std = normalization(dataset)
+    except ValueError as error:
+        raise ValueError(f"{refusal} ({error})") from None
+    return Normalize(*mean_std, axis=axis, dtype=dtype, name="preprocessing")(x)
 
 
 def _activate(x, operations, prefix, axis, dtype, norm_options):

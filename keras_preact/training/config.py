@@ -121,7 +121,8 @@ class RunConfig:
         try:
             return cls.from_dict(values, path).resolved()
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: {error}") from None
+            message = str(error)  # from_dict's own errors name the file already
+            raise ValueError(message if message.startswith(os.fspath(path)) else f"{path}: {message}") from None
 
     def save(self, path):
         """Writes the configuration atomically: other processes may read it meanwhile."""
