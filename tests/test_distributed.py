@@ -165,6 +165,8 @@ def test_kill_one_process_then_run_the_same_command_again(tmp_path):
     assert [int(row["epoch"]) for row in read_history(os.path.join(model_dir, "history.csv"))] == [0, 1]
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the checkpoint is one Keras weights file on every backend; "
+                    "each backend's own resume is tested above")
 def test_a_checkpoint_of_two_processes_resumes_in_one(tmp_path):
     model_dir = str(tmp_path / "run")
     arguments = ["--epochs=2", f"--model_dir={model_dir}"]
