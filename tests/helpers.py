@@ -127,3 +127,14 @@ def reference_unit(unit, x):
     else:
         shortcut = shortcut_input
     return shortcut + h
+
+
+def assert_processes_share_every_global_batch(train_dataset, split, batches):
+    """`train_dataset(split, ..., process=(p, 2))` over 2 processes: each step's two halves are the
+    one-process global batch, in order."""
+    whole = batches(train_dataset(split, batch_size=8, seed=1, epochs=2))
+    parts = [batches(train_dataset(split, batch_size=8, seed=1, epochs=2, process=(p, 2))) for p in (0, 1)]
+    assert [len(p) for p in parts] == [6, 6] and parts[0][0][0].shape == (4, 32, 32, 3)
+    for step, (x, y) in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([parts[0][step][0], parts[1][step][0]]), x)
+        np.testing.assert_array_equal(np.concatenate([parts[0][step][1], parts[1][step][1]]), y)

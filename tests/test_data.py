@@ -1,5 +1,6 @@
 """Data: the three sources, normalisation, the paper's augmentation, bad input."""
 
+import functools
 import os
 import shutil
 import time
@@ -7,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import assert_processes_share_every_global_batch
 
 from keras_preact import choices
 from keras_preact.training import data
@@ -99,12 +101,7 @@ def test_an_epoch_depends_on_the_seed_and_its_number_only():
 
 def test_processes_share_every_global_batch():
     train, _ = data.load("cifar10", SAMPLE)
-    whole = batches(data.train_dataset(train, CIFAR10, batch_size=8, seed=1, epochs=2))
-    parts = [batches(data.train_dataset(train, CIFAR10, batch_size=8, seed=1, epochs=2, process=(p, 2))) for p in (0, 1)]
-    assert [len(p) for p in parts] == [6, 6] and parts[0][0][0].shape == (4, 32, 32, 3)
-    for step, (x, y) in enumerate(whole):
-        np.testing.assert_array_equal(np.concatenate([parts[0][step][0], parts[1][step][0]]), x)
-        np.testing.assert_array_equal(np.concatenate([parts[0][step][1], parts[1][step][1]]), y)
+    assert_processes_share_every_global_batch(functools.partial(data.train_dataset, info=CIFAR10), train, batches)
     with pytest.raises(ValueError, match="batch_size=8 must divide evenly over 3 processes"):
         data.train_dataset(train, CIFAR10, batch_size=8, process=(0, 3))
 
@@ -145,13 +142,6 @@ def test_unknown_dataset():
 def test_missing_data_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="does-not-exist' does not exist"):
         data.load("cifar10", str(tmp_path / "does-not-exist"))
-
-
-@pytest.fixture
-def sample_copy(tmp_path):
-    target = tmp_path / "cifar"
-    shutil.copytree(SAMPLE, target)
-    return target
 
 
 def test_unreadable_image(sample_copy):

@@ -2,6 +2,7 @@
 accelerator, Keras feeding them as they are, and no TensorFlow anywhere on the way."""
 
 import csv
+import functools
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from helpers import tensorflow_modules, without_tensorflow
+from helpers import assert_processes_share_every_global_batch, tensorflow_modules, without_tensorflow
 
 from keras_preact import choices, training
 from keras_preact.training import device_data, pipelines, sources
@@ -66,13 +67,6 @@ def test_loads_what_the_tf_data_pipeline_loads():
         np.testing.assert_array_equal(ours.images, theirs.images)
         np.testing.assert_array_equal(ours.labels, theirs.labels)
         assert ours.class_names == theirs.class_names == choices.CIFAR10_CLASSES
-
-
-@pytest.fixture
-def sample_copy(tmp_path):
-    target = tmp_path / "cifar"
-    shutil.copytree(SAMPLE, target)
-    return target
 
 
 def test_folder_rules_are_the_shared_ones(sample_copy):
@@ -238,12 +232,7 @@ def test_the_same_batches_on_jax_and_torch(tmp_path):
 @device_backends
 def test_processes_share_every_global_batch():
     _, test = device_data.load("cifar10", SAMPLE)
-    whole = batches(device_data.train_dataset(test, CIFAR10, batch_size=8, seed=1, epochs=2))
-    parts = [batches(device_data.train_dataset(test, CIFAR10, batch_size=8, seed=1, epochs=2, process=(p, 2))) for p in (0, 1)]
-    assert [len(p) for p in parts] == [6, 6] and parts[0][0][0].shape == (4, 32, 32, 3)
-    for step, (x, y) in enumerate(whole):
-        np.testing.assert_array_equal(np.concatenate([parts[0][step][0], parts[1][step][0]]), x)
-        np.testing.assert_array_equal(np.concatenate([parts[0][step][1], parts[1][step][1]]), y)
+    assert_processes_share_every_global_batch(functools.partial(device_data.train_dataset, info=CIFAR10), test, batches)
 
 
 @device_backends
