@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,6 +240,17 @@ def test_multi_replica_on_two_logical_cpus(tmp_path):
     assert results["replicas"] == 2
     expected = "MirroredStrategy over 2 devices" if keras.backend.backend() == "tensorflow" else "DataParallel over 2 devices"
     assert expected in results["placement"]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX shards every evaluation batch evenly")
+def test_a_test_set_that_does_not_split_over_the_devices_is_refused_before_training(tmp_path, sample_copy):
+    shutil.copy(sample_copy / "test" / "cat" / os.listdir(sample_copy / "test" / "cat")[0], sample_copy / "test" / "cat" / "extra.jpg")
+    result = subprocess.run(
+        [*CIFAR[:2], f"--data_dir={sample_copy}", *CIFAR[3:], "--epochs=1", "--cpu_replicas=2", f"--model_dir={tmp_path / 'run'}"],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 1 and "last batch of 1 images (31 images in batches of 10) does not split over 2 devices" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_torch_backend_says_one_device():
