@@ -126,10 +126,15 @@ class RunConfig:
 
     def save(self, path):
         """Writes the configuration atomically: other processes may read it meanwhile."""
-        partial = f"{path}.partial"
-        with open(partial, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-        os.replace(partial, path)
+        write_json(path, self.to_dict())
+
+
+def write_json(path, values):
+    """Writes atomically: a kill leaves the previous file or the new one, never half of one."""
+    partial = f"{path}.partial"
+    with open(partial, "w") as f:
+        json.dump(values, f, indent=2)
+    os.replace(partial, path)
 
 
 def _check_path(argument, value, optional=False):

@@ -24,7 +24,7 @@ from keras_preact.serving.layout import check_export_dir, next_version
 from keras_preact.serving.saved_model import export_saved_model
 from keras_preact.training import custom_loop, distribute, pipelines
 from keras_preact.training.callbacks import Checkpoint, StopOnNaN, Throughput
-from keras_preact.training.config import RunConfig, build_model
+from keras_preact.training.config import RunConfig, build_model, write_json
 from keras_preact.training.recipe import make_optimizer
 from keras_preact.training.report import plot_curves, read_history
 
@@ -98,7 +98,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         first_epoch = _restore(model, os.path.join(config.model_dir, CHECKPOINT), steps_per_epoch)
         if placement.is_chief:  # only the chief writes the run's files; none before its data loaded
             config.save(os.path.join(config.model_dir, "config.json"))
-            _write_json(os.path.join(config.model_dir, "class_names.json"), {"class_names": class_names})
+            write_json(os.path.join(config.model_dir, "class_names.json"), {"class_names": class_names})
             _trim_history(os.path.join(config.model_dir, "history.csv"), first_epoch)
         # torch processes evaluate their own share of the test set, TensorFlow's strategies split
         # it themselves; JAX processes each feed all of it (the global batch holds it per process).
@@ -146,7 +146,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     }
     if exported:
         results["export"] = exported
-    _write_json(os.path.join(config.model_dir, "results.json"), results)
+    write_json(os.path.join(config.model_dir, "results.json"), results)
     plot_curves(
         read_history(os.path.join(config.model_dir, "history.csv")),
         os.path.join(config.model_dir, "curves.png"),
@@ -295,14 +295,6 @@ def _exclusive(model_dir):
         lock.write(str(os.getpid()))
         lock.flush()
         yield
-
-
-def _write_json(path, values):
-    """Writes atomically: a kill leaves the previous file or the new one, never half of one."""
-    partial = f"{path}.partial"
-    with open(partial, "w") as f:
-        json.dump(values, f, indent=2)
-    os.replace(partial, path)
 
 
 def _trim_history(path, first_epoch):
