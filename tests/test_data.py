@@ -151,6 +151,12 @@ def test_unreadable_image(sample_copy):
         data.load("cifar10", str(sample_copy))
 
 
+def test_a_class_folder_that_is_a_broken_link_is_named(sample_copy):
+    os.symlink(sample_copy / "nowhere", sample_copy / "train" / "zebra")
+    with pytest.raises(ValueError, match=r"train/zebra is a broken link: fix or remove it"):
+        data.load("cifar10", str(sample_copy))
+
+
 def test_half_an_image_folder_is_named(sample_copy):
     import shutil
 

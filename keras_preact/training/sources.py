@@ -129,6 +129,10 @@ def read_image_folder(data_dir):
 
     Hidden files and folders are skipped; anything else that is not an image is an error naming it.
     """
+    for split in ("train", "test"):
+        for entry in _visible(os.path.join(data_dir, split)):
+            if entry.is_symlink() and not os.path.exists(entry.path):  # a class would vanish, shifting labels
+                raise ValueError(f"{entry.path} is a broken link: fix or remove it.")
     classes = [entry.name for entry in _visible(os.path.join(data_dir, "train")) if entry.is_dir()]
     if not classes:
         raise ValueError(f"{os.path.join(data_dir, 'train')} has no class folders.")
