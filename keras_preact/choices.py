@@ -78,6 +78,13 @@ def check_count(argument, value, minimum=1, maximum=None):
     return int(value)
 
 
+def check_flag(argument, value):
+    """`value` if it is True or False; a ValueError otherwise (1, "yes" and None are not flags)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{argument} must be True or False, got {value!r}.")
+    return value
+
+
 # --- data ----------------------------------------------------------------------------------------
 
 
@@ -89,7 +96,7 @@ class Dataset:
     mean: tuple  # per channel, on 0-255 pixels
     std: tuple
     image_size: int  # the side of the square images the model takes
-    class_names: tuple = None  # None: see `model.preprocessing.class_names`
+    class_names: tuple = None  # None: see `model.preprocessing.dataset_class_names`
     trainable: bool = False  # `training.run` has a source for it
     # Encoded images (JPEG/PNG) for serving: None takes them at exactly the model's size; a side
     # length resizes the shorter side to it (scaled with the model's size), then centre-crops.
@@ -183,35 +190,47 @@ DATA_FORMATS = Choices("data_format", {"channels_last": -1, "channels_first": 1}
 
 
 @dataclasses.dataclass(frozen=True)
-class Ordering:
-    """Where BatchNorm ("bn") and ReLU ("relu") sit in a unit and around the stack (paper Fig. 4).
+class Activation:
+    """What one site of a unit or of the stack applies: BatchNorm, then ReLU, each if set."""
 
-    `pre`, `between`, `tail`, `post`: the unit's operations before its first conv, between two
-    convs, after its last conv, and after the addition. `stem`: what the CIFAR stem applies after
-    its conv; `head`: what the network applies after the last unit, before pooling. Pre-activation
+    norm: bool = False
+    relu: bool = False
+
+
+NOTHING, BN, RELU, BN_RELU = Activation(), Activation(norm=True), Activation(relu=True), Activation(True, True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ordering:
+    """Where BatchNorm and ReLU sit in a unit and around the stack (paper Fig. 4): an `Activation`
+    per site.
+
+    `pre`, `between`, `tail`, `post`: the unit's sites before its first conv, between two convs,
+    after its last conv, and after the addition. `stem`: what the CIFAR stem applies after its
+    conv; `head`: what the network applies after the last unit, before pooling. Pre-activation
     units activate their own input and leave the last sum unactivated (hence a head); units that
     activate after the addition expect an activated input (hence a stem) and end activated.
     """
 
     figure: str
-    pre: tuple
-    between: tuple
-    tail: tuple
-    post: tuple
-    stem: tuple
-    head: tuple
+    pre: Activation
+    between: Activation
+    tail: Activation
+    post: Activation
+    stem: Activation
+    head: Activation
 
 
 ORDERINGS = Choices(
     "unit",
     {
-        "full_preact": Ordering("4(e)", ("bn", "relu"), ("bn", "relu"), (), (), (), ("bn", "relu")),
-        "original": Ordering("4(a)", (), ("bn", "relu"), ("bn",), ("relu",), ("bn", "relu"), ()),
-        "bn_after_addition": Ordering("4(b)", (), ("bn", "relu"), (), ("bn", "relu"), ("bn", "relu"), ()),
-        "relu_before_addition": Ordering("4(c)", (), ("bn", "relu"), ("bn", "relu"), (), ("bn", "relu"), ()),
+        "full_preact": Ordering("4(e)", BN_RELU, BN_RELU, NOTHING, NOTHING, NOTHING, BN_RELU),
+        "original": Ordering("4(a)", NOTHING, BN_RELU, BN, RELU, BN_RELU, NOTHING),
+        "bn_after_addition": Ordering("4(b)", NOTHING, BN_RELU, NOTHING, BN_RELU, BN_RELU, NOTHING),
+        "relu_before_addition": Ordering("4(c)", NOTHING, BN_RELU, BN_RELU, NOTHING, BN_RELU, NOTHING),
         # The paper does not spell out (d)'s stem and head: conv-BN so the first ReLU sees a
         # normalised input, and a final ReLU (our reading, BUILD_NOTES.md).
-        "relu_only_preact": Ordering("4(d)", ("relu",), ("bn", "relu"), ("bn",), (), ("bn",), ("relu",)),
+        "relu_only_preact": Ordering("4(d)", RELU, BN_RELU, BN, NOTHING, BN, RELU),
     },
 )
 
@@ -220,30 +239,46 @@ ORDERINGS = Choices(
 class Shortcut:
     """A shortcut variant of a shape-keeping unit (paper Fig. 2): `a·layer(x) + b·F(x)`.
 
-    `layer`: what the shortcut applies to x — None (identity), "projection" (1x1 conv) or
-    "dropout". `weights`: (a, b), each "1", an option name, "gate" or "1-gate", where
-    gate = sigmoid(1x1 conv(x) + bias) is computed when either weight names it. `options`: the
+    `projection`, `dropout`: the shortcut's layer (a 1x1 conv, or dropout; neither: identity).
+    `gated`: the unit computes gate = sigmoid(1x1 conv(x) + gate_bias). `shortcut_weight`,
+    `residual_weight`: a and b as functions of (gate, options), None for 1. `options`: the
     variant's options and their defaults.
     """
 
     figure: str
-    layer: str = None
-    weights: tuple = ("1", "1")
+    projection: bool = False
+    dropout: bool = False
+    gated: bool = False
+    shortcut_weight: object = None
+    residual_weight: object = None
     options: tuple = ()  # ((name, default), ...)
 
 
+def _gate(gate, options):
+    return gate
+
+
+def _one_minus_gate(gate, options):
+    return 1.0 - gate
+
+
+GATE_BIAS = (("gate_bias", -6.0),)
 SHORTCUTS = Choices(
     "shortcut",
     {
         "identity": Shortcut("2(a)"),
         "constant_scaling": Shortcut(
-            "2(b)", weights=("shortcut_scale", "residual_scale"),
+            "2(b)",
+            shortcut_weight=lambda gate, options: options["shortcut_scale"],
+            residual_weight=lambda gate, options: options["residual_scale"],
             options=(("shortcut_scale", 0.5), ("residual_scale", 1.0)),
         ),
-        "exclusive_gating": Shortcut("2(c)", weights=("1-gate", "gate"), options=(("gate_bias", -6.0),)),
-        "shortcut_only_gating": Shortcut("2(d)", weights=("1-gate", "1"), options=(("gate_bias", -6.0),)),
-        "conv1x1": Shortcut("2(e)", layer="projection"),
-        "dropout": Shortcut("2(f)", layer="dropout", options=(("dropout_rate", 0.5),)),
+        "exclusive_gating": Shortcut(
+            "2(c)", gated=True, shortcut_weight=_one_minus_gate, residual_weight=_gate, options=GATE_BIAS
+        ),
+        "shortcut_only_gating": Shortcut("2(d)", gated=True, shortcut_weight=_one_minus_gate, options=GATE_BIAS),
+        "conv1x1": Shortcut("2(e)", projection=True),
+        "dropout": Shortcut("2(f)", dropout=True, options=(("dropout_rate", 0.5),)),
     },
 )
 # Every shortcut option and the values it takes.

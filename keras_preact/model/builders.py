@@ -52,6 +52,43 @@ def units_per_stage(depth, block, stem):
     return (n,) * len(choices.STEMS["cifar"].stages)
 
 
+def check_architecture(
+    depth: int,
+    block: str = "bottleneck",
+    stem: str = "cifar",
+    unit: str = "full_preact",
+    shortcut: str = "identity",
+    downsample: str = "projection",
+    stride_on: str | None = None,
+    remat: bool = False,
+    **shortcut_options: float,
+) -> tuple[int, ...]:
+    """Checks the architecture arguments of `PreActResNet` (the one place their rules live: the
+    builders and `RunConfig.resolved()` call it); returns the residual units per stage.
+
+    >>> check_architecture(164)
+    (18, 18, 18)
+    >>> check_architecture(110, "basic", stride_on="3x3")
+    Traceback (most recent call last):
+    ...
+    ValueError: stride_on applies to bottleneck units; basic units stride on their first 3x3 conv.
+    """
+    choices.BLOCKS.check(block)
+    choices.STEMS.check(stem)
+    choices.ORDERINGS.check(unit)
+    choices.SHORTCUTS.check(shortcut)
+    choices.DOWNSAMPLES.check(downsample)
+    if stride_on is not None:
+        choices.STRIDE_PLACEMENTS.check(stride_on)
+    choices.check_flag("remat", remat)
+    choices.shortcut_options(shortcut, shortcut_options)  # misplaced or bad options fail here
+    if stem == "imagenet" and unit != "full_preact":
+        raise ValueError(f"unit={unit!r} is one of the paper's CIFAR ablations; the ImageNet networks use 'full_preact'.")
+    if stride_on is not None and block == "basic":
+        raise ValueError("stride_on applies to bottleneck units; basic units stride on their first 3x3 conv.")
+    return units_per_stage(depth, block, stem)
+
+
 def _validate_input_shape(input_shape, stem, data_format):
     if len(input_shape) != 3:
         raise ValueError(
@@ -107,12 +144,12 @@ def _preprocessing(x, include_preprocessing, stem, classes, axis, dtype):
     return Normalize(*mean_std, axis=axis, dtype=dtype, name="preprocessing")(x)
 
 
-def _activate(x, operations, prefix, axis, dtype, norm_options):
-    for operation in operations:
-        if operation == "bn":
-            x = batch_norm(f"{prefix}_bn", axis, dtype, **norm_options)(x)
-        else:
-            x = keras.layers.ReLU(dtype=dtype, name=f"{prefix}_relu")(x)
+def _activate(x, site, prefix, axis, dtype, norm_options):
+    """An `Activation` site of the stack: BatchNorm `{prefix}_bn`, then ReLU `{prefix}_relu`, each if set."""
+    if site.norm:
+        x = batch_norm(f"{prefix}_bn", axis, dtype, **norm_options)(x)
+    if site.relu:
+        x = keras.layers.ReLU(dtype=dtype, name=f"{prefix}_relu")(x)
     return x
 
 
@@ -126,7 +163,7 @@ def _stem(x, stem, unit, data_format, axis, dtype, norm_options):
     # zero padding equals Torch's -inf padding for the max-pool.
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad", **layout)(x)
     x = conv(64, 7, "conv1_conv", strides=2, padding="valid", **layout)(x)
-    x = _activate(x, ("bn", "relu"), "conv1", axis, dtype, norm_options)
+    x = _activate(x, choices.BN_RELU, "conv1", axis, dtype, norm_options)
     x = keras.layers.ZeroPadding2D(1, name="pool1_pad", **layout)(x)
     return keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool", **layout)(x)
 
@@ -255,21 +292,13 @@ def PreActResNet(
     >>> model.count_params()
     273658
     """
-    choices.BLOCKS.check(block)
-    choices.STEMS.check(stem)
-    choices.ORDERINGS.check(unit)
-    choices.SHORTCUTS.check(shortcut)
-    if stride_on is not None:
-        choices.STRIDE_PLACEMENTS.check(stride_on)
     unknown = set(shortcut_options) - set(choices.SHORTCUT_OPTIONS)
     if unknown:
         raise TypeError(f"PreActResNet() got unexpected keyword argument(s): {', '.join(sorted(unknown))}.")
-    choices.shortcut_options(shortcut, shortcut_options)  # misplaced or bad options fail here
-    if stem == "imagenet" and unit != "full_preact":
-        raise ValueError(f"unit={unit!r} is one of the paper's CIFAR ablations; the ImageNet networks use 'full_preact'.")
-    if stride_on is not None and block == "basic":
-        raise ValueError("stride_on applies to bottleneck units; basic units stride on their first 3x3 conv.")
-    stages = units_per_stage(depth, block, stem)
+    stages = check_architecture(
+        depth, block, stem, unit=unit, shortcut=shortcut, downsample=downsample, stride_on=stride_on, remat=remat,
+        **shortcut_options,
+    )
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"Unknown pooling={pooling!r}. Valid values: None, 'avg', 'max'.")
     classes = choices.STEMS[stem].classes if classes is None else choices.check_count("classes", classes)

@@ -106,8 +106,7 @@ class ResidualUnit(keras.layers.Layer):
         choices.check_count("filters", filters)
         if strides not in (1, 2) or isinstance(strides, bool):
             raise ValueError(f"strides must be 1 or 2, got {strides!r}.")
-        if not isinstance(remat, bool):
-            raise ValueError(f"remat must be True or False, got {remat!r}.")
+        choices.check_flag("remat", remat)
         self.filters = filters
         self.block = choices.BLOCKS.check(block)
         self.strides = strides
@@ -161,15 +160,13 @@ class ResidualUnit(keras.layers.Layer):
         layer.build(tuple(padded))
         return layer, padding
 
-    def _norms_for(self, operations, prefix, shape):
-        """BatchNorm layers for the "bn" entries of `operations`, built at `shape`."""
-        norms = []
-        for operation in operations:
-            if operation == "bn":
-                norm = batch_norm(f"{prefix}_bn", self.channel_axis, self.dtype_policy, **self.batch_norm_options)
-                norm.build(shape)
-                norms.append(norm)
-        return norms
+    def _norms_for(self, site, prefix, shape):
+        """The BatchNorm of an `Activation` site, built at `shape`: a list of one, or none."""
+        if not site.norm:
+            return []
+        norm = batch_norm(f"{prefix}_bn", self.channel_axis, self.dtype_policy, **self.batch_norm_options)
+        norm.build(shape)
+        return [norm]
 
     def build(self, input_shape):
         in_channels = input_shape[self.channel_axis]
@@ -183,9 +180,8 @@ class ResidualUnit(keras.layers.Layer):
                 f"{in_channels} to {self.out_channels}. Use downsample='projection'."
             )
         ordering = choices.ORDERINGS[self.ordering]
-        self.pre_norms = self._norms_for(() if self.preactivation == "none" else ordering.pre, "preact", input_shape)
-        # One flat list (nested lists are not tracked as layers); the norms between conv i and
-        # conv i+1 are the i-th run of len(between's "bn") entries.
+        self.pre_norms = self._norms_for(choices.NOTHING if self.preactivation == "none" else ordering.pre, "preact", input_shape)
+        # between_norms[i]: the norm of the gap after conv i + 1 (none if the site has none).
         self.convs, self.paddings, self.between_norms = [], [], []
         shape = input_shape
         specs = self._conv_specs()
@@ -200,20 +196,23 @@ class ResidualUnit(keras.layers.Layer):
         self.post_norms = self._norms_for(ordering.post, "post", shape)
 
         # The shortcut: the downsample where the shape changes, else the variant's.
-        variant = choices.SHORTCUTS[self.shortcut]
-        self.weights_of_sum = ("1", "1") if self.changes_shape else variant.weights
+        variant = self._variant()
         self.projection = self.gate = self.dropout = None
-        if self.changes_shape and self.downsample == "projection" or not self.changes_shape and variant.layer == "projection":
+        if variant.projection or self.changes_shape and self.downsample == "projection":
             self.projection, _ = self._conv(self.out_channels, 1, self.strides, "shortcut_conv", input_shape)
-        if "gate" in " ".join(self.weights_of_sum):
+        if variant.gated:
             self.gate = conv(
                 self.out_channels, 1, "gate_conv", use_bias=True,
                 bias_initializer=keras.initializers.Constant(self.gate_bias),
                 data_format=self.data_format, dtype=self.dtype_policy,
             )
             self.gate.build(input_shape)
-        if not self.changes_shape and variant.layer == "dropout":
+        if variant.dropout:
             self.dropout = keras.layers.Dropout(self.dropout_rate, dtype=self.dtype_policy, name="shortcut_dropout")
+
+    def _variant(self):
+        """The shortcut variant in force: a unit that changes shape keeps its plain downsample."""
+        return choices.SHORTCUTS["identity" if self.changes_shape else self.shortcut]
 
     def _conv_output_shape(self, shape, filters, strides):
         shape = list(shape)
@@ -229,14 +228,11 @@ class ResidualUnit(keras.layers.Layer):
 
     # --- forward ---------------------------------------------------------------------------
 
-    def _apply(self, operations, norms, x, training):
-        norms = iter(norms)
-        for operation in operations:
-            if operation == "bn":
-                x = next(norms)(x, training=training)
-            else:
-                x = ops.relu(x)
-        return x
+    def _activate(self, site, norms, x, training):
+        """`site`'s BatchNorm (`norms`: the site's built layer, a list of one if it has one), then its ReLU."""
+        if site.norm:
+            x = norms[0](x, training=training)
+        return ops.relu(x) if site.relu else x
 
     def _pad_spatial(self, x, amount):
         pads = [[0, 0], [amount, amount], [amount, amount], [0, 0]]
@@ -259,14 +255,15 @@ class ResidualUnit(keras.layers.Layer):
 
     def _combine(self, shortcut_input, residual, training):
         """a·shortcut + b·residual, with a and b as the shortcut variant has them (paper Fig. 2)."""
+        variant = self._variant()
         gate = ops.sigmoid(self.gate(shortcut_input)) if self.gate is not None else None
-        factors = {"gate": gate, "1-gate": None if gate is None else 1.0 - gate}
-        factors.update(shortcut_scale=self.shortcut_scale, residual_scale=self.residual_scale)
-        summed = None
-        for weight, term in zip(self.weights_of_sum, (self._shortcut_path(shortcut_input, training), residual)):
-            term = term if weight == "1" else factors[weight] * term
-            summed = term if summed is None else summed + term
-        return summed
+        options = {option: getattr(self, option) for option in choices.SHORTCUT_OPTIONS}
+        shortcut = self._shortcut_path(shortcut_input, training)
+        if variant.shortcut_weight is not None:
+            shortcut = variant.shortcut_weight(gate, options) * shortcut
+        if variant.residual_weight is not None:
+            residual = variant.residual_weight(gate, options) * residual
+        return shortcut + residual
 
     def call(self, inputs, training=None):
         if self.remat and training:
@@ -276,21 +273,19 @@ class ResidualUnit(keras.layers.Layer):
     def _forward(self, inputs, training):
         ordering = choices.ORDERINGS[self.ordering]
         if self.preactivation == "shared":
-            inputs = self._apply(ordering.pre, self.pre_norms, inputs, training)
+            inputs = self._activate(ordering.pre, self.pre_norms, inputs, training)
             residual = inputs
         elif self.preactivation == "residual":
-            residual = self._apply(ordering.pre, self.pre_norms, inputs, training)
+            residual = self._activate(ordering.pre, self.pre_norms, inputs, training)
         else:
             residual = inputs
-        per_gap = ordering.between.count("bn")
         for index, (layer, padding) in enumerate(zip(self.convs, self.paddings)):
             if index:
-                norms = self.between_norms[(index - 1) * per_gap : index * per_gap]
-                residual = self._apply(ordering.between, norms, residual, training)
+                residual = self._activate(ordering.between, self.between_norms[index - 1 : index], residual, training)
             residual = layer(self._pad_spatial(residual, padding) if padding else residual)
-        residual = self._apply(ordering.tail, self.tail_norms, residual, training)
+        residual = self._activate(ordering.tail, self.tail_norms, residual, training)
         outputs = self._combine(inputs, residual, training)
-        return self._apply(ordering.post, self.post_norms, outputs, training)
+        return self._activate(ordering.post, self.post_norms, outputs, training)
 
     def get_config(self):
         config = super().get_config()

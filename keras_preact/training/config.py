@@ -11,7 +11,7 @@ import json
 import os
 
 from keras_preact import choices
-from keras_preact.model.builders import PreActResNet, units_per_stage
+from keras_preact.model.builders import PreActResNet, check_architecture
 
 # PreActResNet arguments a run may set (beyond depth, block and classes, which it sets itself).
 MODEL_OPTIONS = ("unit", "shortcut", "downsample", "stride_on", "remat", *choices.SHORTCUT_OPTIONS)
@@ -67,8 +67,7 @@ class RunConfig:
         _check_path("data_dir", self.data_dir, optional=True)
         choices.check_count("depth", self.depth)
         block = choices.default_block(self.depth) if self.block is None else choices.BLOCKS.check(self.block)
-        units_per_stage(self.depth, block, "cifar")
-        model_options = _check_model_options(self.model_options, block)
+        model_options = _check_model_options(self.model_options, self.depth, block)
         recipe = choices.RECIPES[self.recipe]
         epochs = recipe.epochs if self.epochs is None else choices.check_count("epochs", self.epochs)
         batch_size = recipe.batch_size if self.batch_size is None else choices.check_count("batch_size", self.batch_size)
@@ -157,27 +156,15 @@ def _defaults_for_none(config):
     return replaced
 
 
-def _check_model_options(options, block):
+def _check_model_options(options, depth, block):
+    """The run's model options, checked with the CIFAR network's depth and block by the builders'
+    own rules (`check_architecture`)."""
     if not isinstance(options, dict):
         raise ValueError(f"model_options must be a dict of PreActResNet arguments, got {options!r}.")
     unknown = sorted(set(options) - set(MODEL_OPTIONS))
     if unknown:
         raise ValueError(f"Unknown model option(s) {', '.join(unknown)}; valid: {', '.join(MODEL_OPTIONS)}.")
-    checks = {
-        "unit": choices.ORDERINGS.check,
-        "shortcut": choices.SHORTCUTS.check,
-        "downsample": choices.DOWNSAMPLES.check,
-        "stride_on": choices.STRIDE_PLACEMENTS.check,
-    }
-    for option, check in checks.items():
-        if options.get(option) is not None:
-            check(options[option])
-    if "stride_on" in options and block == "basic":
-        raise ValueError("stride_on applies to bottleneck units; basic units stride on their first 3x3 conv.")
-    if not isinstance(options.get("remat", False), bool):
-        raise ValueError(f"remat must be True or False, got {options['remat']!r}.")
-    given = {k: v for k, v in options.items() if k in choices.SHORTCUT_OPTIONS}
-    choices.shortcut_options(options.get("shortcut") or "identity", given)
+    check_architecture(depth, block, "cifar", **options)
     return dict(options)
 
 
