@@ -4,6 +4,8 @@ Runs on TensorFlow, JAX and PyTorch (`KERAS_BACKEND`).
 
 >>> import keras_preact
 >>> model = keras_preact.ResNet1001(classes=100)
+>>> keras_preact.create_model("preact_resnet164").name
+'resnet164'
 
 The package follows the data: `model` (layers, the residual unit, the builders, preprocessing) →
 `training` (configuration, input pipelines, recipe, placement, the run) → `serving` (SavedModel
@@ -28,6 +30,7 @@ from keras_preact.model.builders import (
 )
 from keras_preact.model.layers import BatchNorm, Conv2D
 from keras_preact.model.preprocessing import decode_predictions, preprocess_input
+from keras_preact.model.registry import create_model, list_models
 from keras_preact.model.units import ResidualUnit
 from keras_preact.serving.saved_model import export_onnx, export_saved_model
 
@@ -39,9 +42,11 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchNorm",
     "Conv2D",
+    "create_model",
     "decode_predictions",
     "export_onnx",
     "export_saved_model",
+    "list_models",
     "PreActResNet",
     "preprocess_input",
     "ResidualUnit",

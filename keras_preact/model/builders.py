@@ -11,6 +11,7 @@ import re
 import keras
 
 from keras_preact import choices
+from keras_preact.model import presets
 from keras_preact.model.layers import batch_norm, conv
 from keras_preact.model.preprocessing import Normalize, normalization
 from keras_preact.model.units import ResidualUnit, check_batch_norm_options
@@ -168,19 +169,20 @@ def _stem(x, stem, unit, data_format, axis, dtype, norm_options):
     return keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool", **layout)(x)
 
 
-def _load_weights(model, weights, description):
+def _weights_file(weights, preset):
+    """The weights file to load, or None: `weights` is None, a file, or a preset's dataset
+    (`preset`: the model's name without the dataset, its `presets.architecture` and classes)."""
     if weights is None:
-        return
-    no_presets = (
-        "No pretrained weights are published for these networks: train one (examples/cifar.py) "
-        "and pass its `.weights.h5` file, or pass None for random initialisation."
-    )
+        return None
     if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(f"weights must be None or the path to a weights file, got {weights!r}. {no_presets}")
+        raise ValueError(
+            f"weights must be None, a preset's dataset (e.g. 'cifar10') or the path to a weights file, got {weights!r}."
+        )
     path = os.fspath(weights)
-    if not os.path.exists(path) and os.sep not in path and "." not in path:  # a preset name such as "imagenet"
-        raise ValueError(f"weights={path!r} is not a file. {no_presets}")
-    load_weights(model, path, description)
+    if not os.path.exists(path) and os.sep not in path and "." not in path:  # a preset's dataset such as "cifar10"
+        name, fits, classes = preset
+        return presets.weights_file(f"{name}.{path}", fits, classes)
+    return path
 
 
 def load_weights(model, path, description):
@@ -247,7 +249,9 @@ def PreActResNet(
             the first 1×1 conv, as in the official `resnet-pre-act.lua`) or `"imagenet"` (7×7/2
             conv, BN, ReLU, 3×3/2 max-pool; the stride on the 3×3 conv, as in FAIR's code).
         include_top: whether to end in the dense classifier.
-        weights: `None` (random init) or the path to a weights file of the same network.
+        weights: `None` (random init), the dataset of a preset that ships trained weights of this
+            network (e.g. `"cifar10"`; `keras_preact.list_models(pretrained=True)`), or the path
+            to a weights file of the same network.
         input_tensor: optional tensor to use as the model's input.
         input_shape: optional `(height, width, 3)` (`(3, height, width)` channels-first); defaults to (32, 32, 3) for
             CIFAR and (224, 224, 3) for ImageNet. Height and width may be None.
@@ -306,6 +310,8 @@ def PreActResNet(
     axis = choices.DATA_FORMATS[data_format]
     policy = keras.dtype_policies.get(dtype or keras.config.dtype_policy())
     norm_options = check_batch_norm_options(batch_norm_options)
+    fits = presets.architecture(depth, block, stem, unit, shortcut, downsample, stride_on, **shortcut_options)
+    weights_file = _weights_file(weights, (f"preact_resnet{depth}", fits, classes))  # before the build: fail fast
     name = name or f"preact_resnet{depth}"
 
     inputs = _inputs(input_tensor, input_shape, stem, data_format)
@@ -356,19 +362,20 @@ def PreActResNet(
     model = keras.Model(inputs, x, name=name)
     # The model's own policy too: Keras' compile adds loss scaling when it is mixed_float16.
     model.dtype_policy = policy
-    _load_weights(
-        model,
-        weights,
-        f"{name} (depth={depth}, block={block!r}, classes={classes}, include_top={include_top})",
-    )
+    if weights_file is not None:
+        load_weights(model, weights_file, f"{name} (depth={depth}, block={block!r}, classes={classes}, include_top={include_top})")
     return model
 
+
+# Every builder by its timm-style name (`keras_preact.create_model`); presets add `.<dataset>`.
+MODELS = {"preact_resnet": PreActResNet}
 
 _BUILDER_DOC = """Builds the paper's {title}: {summary}.
 
     Args:
         include_top: whether to end in the dense classifier.
-        weights: `None` (random init) or the path to a weights file of the same network.
+        weights: `None` (random init), a preset's dataset (e.g. `"cifar10"`, where trained
+            weights ship) or the path to a weights file of the same network.
         input_tensor: optional tensor to use as the model's input.
         input_shape: optional `(height, width, 3)`; default {shape}.
         pooling: with `include_top=False`: `None`, `"avg"` or `"max"`.
@@ -390,6 +397,7 @@ _BUILDER_DOC = """Builds the paper's {title}: {summary}.
 
 
 def _named_builder(builder, depth, block, stem, summary, example, count):
+    """The builder `builder` of the paper's network, registered in `MODELS` as `preact_resnet{depth}`."""
     classes = choices.STEMS[stem].classes
 
     def build(
@@ -428,6 +436,7 @@ def _named_builder(builder, depth, block, stem, summary, example, count):
         example=example,
         count=count,
     )
+    MODELS[f"preact_resnet{depth}"] = build
     return build
 
 
