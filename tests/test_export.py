@@ -190,7 +190,7 @@ def test_encoded_jpegs_give_the_keras_models_predictions_on_the_training_pipelin
     outputs = signatures["encoded_images"](images=tf.constant(files))
     # Pillow, as training decodes: TensorFlow's default (fast) IDCT differs by up to 5 levels here.
     decoded = np.stack([_decode_file(f) for f in JPEGS])
-    expected = numpy(model(keras_preact.preprocess_input(decoded)))
+    expected = numpy(model(keras_preact.preprocess_input(decoded, "cifar10")))
     np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-6)
     assert outputs["classes"].numpy().tolist() == expected.argmax(axis=1).tolist()
     assert [n.decode() for n in outputs["class_names"].numpy()] == [choices.CIFAR10_CLASSES[i] for i in expected.argmax(axis=1)]

@@ -72,8 +72,8 @@ def test_decode_predictions_cifar_and_imagenet():
     [
         (np.zeros((1, 100)), {"dataset": "cifar10"}, r"shape \[batch, 10\] \(10 classes\); got shape \[1, 100\]"),
         (np.zeros(10), {}, "got shape"),
-        (np.zeros((1, 10)), {"top": 11}, "top=11 exceeds the 10 classes"),
-        (np.zeros((1, 10)), {"top": 0}, "top must be a positive integer"),
+        (np.zeros((1, 10)), {"dataset": "cifar10", "top": 11}, "top=11 exceeds the 10 classes"),
+        (np.zeros((1, 10)), {"dataset": "cifar10", "top": 0}, "top must be a positive integer"),
         (np.zeros((1, 2)), {"class_names": "ab"}, "class_names must be a list of strings"),
     ],
 )
@@ -88,7 +88,7 @@ def test_include_preprocessing_takes_raw_pixels():
     plain = keras_preact.PreActResNet(8, block="basic")
     plain.set_weights(raw.get_weights())  # the Normalize layer holds no weights
     np.testing.assert_allclose(
-        numpy(raw(PIXELS)), numpy(plain(keras_preact.preprocess_input(PIXELS))), atol=1e-6
+        numpy(raw(PIXELS)), numpy(plain(keras_preact.preprocess_input(PIXELS, "cifar10"))), atol=1e-6
     )
     assert raw.count_params() == plain.count_params()  # the constants are not weights
 
@@ -157,3 +157,34 @@ def test_the_imagenet_class_file_is_in_label_order():
     with open(IMAGENET_CLASSES, encoding="utf-8") as f:
         wnids = [line.split("\t")[0] for line in f]
     assert wnids == sorted(wnids) and len(wnids) == 1000 and os.path.basename(IMAGENET_CLASSES) == "imagenet_classes.tsv"
+
+
+def test_the_dataset_comes_from_the_model_and_survives_saving(tmp_path):
+    from keras_preact.model.preprocessing import model_dataset
+
+    cifar100 = keras_preact.PreActResNet(8, block="basic", classes=100)
+    cifar100.save(tmp_path / "m.keras")
+    assert model_dataset(keras.models.load_model(tmp_path / "m.keras")) == "cifar100"
+    np.testing.assert_array_equal(keras_preact.preprocess_input(PIXELS, cifar100), keras_preact.preprocess_input(PIXELS, "cifar100"))
+    assert keras_preact.decode_predictions(np.eye(100)[[1]], cifar100, top=1) == [[(1, "aquarium_fish", 1.0)]]
+    assert model_dataset(keras_preact.ResNet50(input_shape=(64, 64, 3))) == "imagenet"
+    with pytest.raises(ValueError, match=r"model 'preact_resnet8' \(cifar stem, 7 classes\) is not one of 'cifar10'"):
+        keras_preact.preprocess_input(PIXELS, keras_preact.PreActResNet(8, block="basic", classes=7))
+    with pytest.raises(ValueError, match="normalises its input itself"):
+        keras_preact.preprocess_input(PIXELS, keras_preact.PreActResNet(8, block="basic", include_preprocessing=True))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: keras_preact.preprocess_input(PIXELS), "preprocess_input needs the dataset: pass dataset='cifar10', 'cifar100', 'imagenet'"),
+        (lambda: keras_preact.decode_predictions(np.zeros((1, 10))), "decode_predictions needs the dataset"),
+        (lambda: keras_preact.preprocess_input(np.zeros((1, 224, 224, 3)), "cifar100"), r"224x224 do not fit dataset='cifar100' \(32x32 images\); 'imagenet' takes them"),
+        (lambda: keras_preact.preprocess_input(np.zeros((3, 40, 48)), "cifar10", "channels_first"), "40x48 do not fit dataset='cifar10'"),
+        (lambda: keras_preact.decode_predictions(np.zeros((1, 100)), "cifar10"), "dataset 'cifar100' has 100 classes"),
+        (lambda: keras_preact.decode_predictions(np.zeros((1, 1000)), "cifar10"), "dataset 'imagenet' has 1000 classes"),
+    ],
+)
+def test_no_silent_default_and_shapes_name_the_dataset_that_fits(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

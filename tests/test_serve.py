@@ -139,7 +139,7 @@ def local_server(app):
 
 def expected(server, images, version=2):
     """The Keras model's probabilities on uint8 `images`."""
-    return numpy(server["models"][version](keras_preact.preprocess_input(images)))
+    return numpy(server["models"][version](keras_preact.preprocess_input(images, "cifar10")))
 
 
 def images(count, seed):

@@ -109,15 +109,62 @@ def dataset_class_names(dataset):
     return choices.DATASETS[dataset].class_names
 
 
-def preprocess_input(x, dataset="cifar10", data_format=None):
+def model_dataset(model: keras.Model) -> str:
+    """The dataset whose constants and classes a keras_preact network takes, read from the network
+    itself (so it survives saving): the ImageNet stem with 1000 classes is "imagenet", the CIFAR
+    stem with 10 or 100 classes "cifar10" or "cifar100". Other networks (another class count, or
+    no classifier) need the dataset named: a ValueError says so.
+
+    >>> import keras_preact
+    >>> model_dataset(keras_preact.PreActResNet(20, block="basic", classes=100))
+    'cifar100'
+    """
+    names = {layer.name for layer in model.layers}
+    stem = "imagenet" if "pool1_pool" in names else "cifar"
+    classes = model.output_shape[-1] if "predictions" in names else None
+    fits = [name for name, d in choices.DATASETS.items() if d.classes == classes and (name == "imagenet") == (stem == "imagenet")]
+    if len(fits) != 1:
+        raise ValueError(
+            f"The dataset of model {model.name!r} ({stem} stem, {classes or 'no'} classes) is not one of "
+            f"{', '.join(map(repr, choices.DATASETS))}: pass its dataset name or (mean, std) pair."
+        )
+    return fits[0]
+
+
+def _dataset_of(dataset, function):
+    """`dataset` as `function` takes it (a name, a (mean, std) pair or a model): a model's is read
+    from the model; None is an error, not a default."""
+    if dataset is None:
+        raise ValueError(
+            f"{function} needs the dataset: pass dataset={', '.join(map(repr, choices.DATASETS))}, a (mean, std) "
+            "pair, or the keras_preact model (its dataset is read from it)."
+        )
+    return model_dataset(dataset) if isinstance(dataset, keras.Model) else dataset
+
+
+def _check_image_size(dataset, height, width):
+    """A dataset's images are its size exactly, unless it resizes photos (ImageNet takes any size)."""
+    record = choices.DATASETS[dataset]
+    if record.resize is not None or None in (height, width) or (height, width) == (record.image_size,) * 2:
+        return
+    fits = [name for name, d in choices.DATASETS.items() if d.resize is not None or (height, width) == (d.image_size,) * 2]
+    raise ValueError(
+        f"Images of {height}x{width} do not fit dataset={dataset!r} ({record.image_size}x{record.image_size} images); "
+        f"{' or '.join(map(repr, fits))} takes them."
+    )
+
+
+def preprocess_input(x, dataset: "str | tuple | keras.Model | None" = None, data_format: str | None = None):
     """Raw pixels (0-255, RGB) to the normalised float32 images the networks take, as
     `keras.applications.*.preprocess_input` does for their models.
 
     Args:
         x: images `[..., H, W, 3]` (`[..., 3, H, W]` channels-first): a NumPy array, a nested list
             or a tensor of the current backend, any numeric dtype.
-        dataset: whose constants: a name of `keras_preact.choices.DATASETS` or a `(mean, std)`
-            pair of per-channel values on 0-255 pixels.
+        dataset: whose constants (required: there is no default): a name of
+            `keras_preact.choices.DATASETS`, a `(mean, std)` pair of per-channel values on 0-255
+            pixels, or the keras_preact model the images are for (`model_dataset`). A named
+            dataset takes images of its size (CIFAR: 32x32; ImageNet: any size).
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
 
@@ -127,8 +174,11 @@ def preprocess_input(x, dataset="cifar10", data_format=None):
 
     >>> preprocess_input(np.full((1, 32, 32, 3), 128, np.uint8), "cifar10")[0, 0, 0].round(4)
     array([0.0429, 0.0805, 0.2114], dtype=float32)
+    >>> preprocess_input(np.zeros((1, 224, 224, 3)), "cifar10")
+    Traceback (most recent call last):
+    ...
+    ValueError: Images of 224x224 do not fit dataset='cifar10' (32x32 images); 'imagenet' takes them.
     """
-    mean, std = normalization(dataset)
     data_format = choices.DATA_FORMATS.check(data_format or keras.config.image_data_format())
     axis = -1 if data_format == "channels_last" else -3  # from the end: one image or a batch
     as_numpy = isinstance(x, (np.ndarray, list, tuple, np.generic))
@@ -138,6 +188,14 @@ def preprocess_input(x, dataset="cifar10", data_format=None):
             f"preprocess_input takes RGB images with 3 channels on axis {axis} ({data_format}); got shape "
             f"{tuple(shape)}."
         )
+    if isinstance(dataset, keras.Model) and "preprocessing" in {layer.name for layer in dataset.layers}:
+        raise ValueError(
+            f"Model {dataset.name!r} normalises its input itself (include_preprocessing): give it the raw pixels."
+        )
+    dataset = _dataset_of(dataset, "preprocess_input")
+    mean, std = normalization(dataset)
+    if isinstance(dataset, str):
+        _check_image_size(dataset, *(shape[-3:-1] if data_format == "channels_last" else shape[-2:]))
     if data_format == "channels_first":
         mean, std = mean[:, None, None], std[:, None, None]
     if as_numpy:
@@ -145,14 +203,18 @@ def preprocess_input(x, dataset="cifar10", data_format=None):
     return (keras.ops.cast(x, "float32") - keras.ops.convert_to_tensor(mean)) / keras.ops.convert_to_tensor(std)
 
 
-def decode_predictions(preds, dataset="cifar10", top=5, class_names=None):
+def decode_predictions(
+    preds, dataset: "str | keras.Model | None" = None, top: int = 5, class_names: "list[str] | None" = None
+) -> list[list[tuple]]:
     """The `top` classes of each prediction, best first, as keras.applications' helper gives them.
 
     Args:
         preds: probabilities (or logits) `[batch, classes]`: NumPy array or backend tensor.
-        dataset: a name of `keras_preact.choices.DATASETS`, whose class names are used.
+        dataset: whose class names (required unless `class_names`): a name of
+            `keras_preact.choices.DATASETS`, or the keras_preact model that predicted
+            (`model_dataset`).
         top: how many classes per prediction (at most the number of classes).
-        class_names: names in label order, instead of the dataset's (e.g. an image folder run's
+        class_names: names in label order, instead of a dataset's (e.g. an image folder run's
             `results.json["class_names"]`); `dataset` is then not read.
 
     Returns:
@@ -161,19 +223,27 @@ def decode_predictions(preds, dataset="cifar10", top=5, class_names=None):
 
     >>> decode_predictions(np.eye(10)[[3]], "cifar10", top=2)
     [[(3, 'cat', 1.0), (0, 'airplane', 0.0)]]
+    >>> decode_predictions(np.zeros((1, 100)), "cifar10")
+    Traceback (most recent call last):
+    ...
+    ValueError: decode_predictions takes predictions of shape [batch, 10] (10 classes); got shape [1, 100]: dataset 'cifar100' has 100 classes.
     """
+    scores = np.asarray(preds if isinstance(preds, (np.ndarray, list)) else keras.ops.convert_to_numpy(preds))
+    if scores.ndim != 2:
+        raise ValueError(f"decode_predictions takes predictions of shape [batch, classes]; got shape {list(scores.shape)}.")
     if class_names is None:
+        dataset = _dataset_of(dataset, "decode_predictions")
         names = dataset_class_names(dataset)
         ids = _imagenet_classes()[0] if dataset == "imagenet" else range(len(names))
     else:
         if isinstance(class_names, str) or not all(isinstance(name, str) for name in class_names):
             raise ValueError(f"class_names must be a list of strings, got {class_names!r}.")
         names, ids = tuple(class_names), range(len(class_names))
-    scores = np.asarray(preds if isinstance(preds, (np.ndarray, list)) else keras.ops.convert_to_numpy(preds))
-    if scores.ndim != 2 or scores.shape[1] != len(names):
+    if scores.shape[1] != len(names):
+        fits = [name for name, d in choices.DATASETS.items() if d.classes == scores.shape[1]]
         raise ValueError(
             f"decode_predictions takes predictions of shape [batch, {len(names)}] ({len(names)} classes); got "
-            f"shape {list(scores.shape)}."
+            f"shape {list(scores.shape)}" + (f": dataset {fits[0]!r} has {scores.shape[1]} classes." if fits else ".")
         )
     choices.check_count("top", top)
     if top > len(names):
