@@ -35,7 +35,7 @@ def tiny_preset(tmp_path, monkeypatch):
 def test_a_preset_loads_by_dataset_and_by_name(tiny_preset):
     record = json.loads(open(os.path.join(presets.PRESETS_DIR, "preact_resnet8.cifar10.json")).read())
     assert record["test_error"] == 9.5 and record["paper_error"] == 9.9 and record["classes"] == 10
-    assert record["date"] == datetime.datetime.now(datetime.UTC).date().isoformat()
+    assert record["date"] == datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     assert record["architecture"]["depth"] == 8 and record["architecture"]["unit"] == "full_preact"
     assert keras_preact.list_models(pretrained=True) == ["preact_resnet8.cifar10"]
     images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")

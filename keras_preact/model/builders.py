@@ -23,7 +23,7 @@ DENSE_INITIALIZER = {
 }
 
 
-def units_per_stage(depth, block, stem):
+def units_per_stage(depth: int, block: str, stem: str) -> tuple[int, ...]:
     """Residual units in each stage for a network of `depth` layers, or a ValueError."""
     choices.BLOCKS.check(block)
     if choices.STEMS.check(stem) == "imagenet":
@@ -185,7 +185,7 @@ def _weights_file(weights, preset):
     return path
 
 
-def load_weights(model, path, description):
+def load_weights(model: keras.Model, path: str, description: str) -> None:
     """`model.load_weights(path)` with errors that name the file and what to do."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
@@ -211,28 +211,28 @@ def load_weights(model, path, description):
 
 
 def PreActResNet(
-    depth,
-    block="bottleneck",
-    stem="cifar",
-    include_top=True,
-    weights=None,
+    depth: int,
+    block: str = "bottleneck",
+    stem: str = "cifar",
+    include_top: bool = True,
+    weights: str | os.PathLike | None = None,
     input_tensor=None,
-    input_shape=None,
-    pooling=None,
-    classes=None,
-    classifier_activation="softmax",
-    downsample="projection",
-    unit="full_preact",
-    shortcut="identity",
-    stride_on=None,
-    remat=False,
-    dtype=None,
-    data_format=None,
-    batch_norm_options=None,
-    name=None,
-    include_preprocessing=False,
-    **shortcut_options,
-):
+    input_shape: tuple | None = None,
+    pooling: str | None = None,
+    classes: int | None = None,
+    classifier_activation: str | None = "softmax",
+    downsample: str = "projection",
+    unit: str = "full_preact",
+    shortcut: str = "identity",
+    stride_on: str | None = None,
+    remat: bool = False,
+    dtype: str | keras.DTypePolicy | None = None,
+    data_format: str | None = None,
+    batch_norm_options: dict | None = None,
+    name: str | None = None,
+    include_preprocessing: bool | str | tuple = False,
+    **shortcut_options: float,
+) -> keras.Model:
     """Builds a pre-activation ResNet (He et al., "Identity Mappings in Deep Residual Networks").
 
     Every unit is the full pre-activation unit (`ResidualUnit`); the first unit of each stage
@@ -401,16 +401,16 @@ def _named_builder(builder, depth, block, stem, summary, example, count):
     classes = choices.STEMS[stem].classes
 
     def build(
-        include_top=True,
-        weights=None,
+        include_top: bool = True,
+        weights: str | os.PathLike | None = None,
         input_tensor=None,
-        input_shape=None,
-        pooling=None,
-        classes=classes,
-        classifier_activation="softmax",
-        name=builder.lower(),
+        input_shape: tuple | None = None,
+        pooling: str | None = None,
+        classes: int = classes,
+        classifier_activation: str | None = "softmax",
+        name: str = builder.lower(),
         **kwargs,
-    ):
+    ) -> keras.Model:
         return PreActResNet(
             depth,
             block=block,

@@ -20,7 +20,7 @@ from keras_preact import choices
 IMAGENET_CLASSES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_classes.tsv")
 
 
-def normalization(dataset):
+def normalization(dataset) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) as float32 arrays of shape [3], on 0-255 pixels.
 
     `dataset`: a name of `keras_preact.choices.DATASETS`, a `choices.Dataset` record, or a
@@ -96,7 +96,7 @@ def _imagenet_classes():
     return tuple(wnid for wnid, _ in rows), tuple(name for _, name in rows)
 
 
-def dataset_class_names(dataset):
+def dataset_class_names(dataset: str) -> tuple[str, ...]:
     """The class names of a dataset of `keras_preact.choices.DATASETS`, in label order.
 
     >>> dataset_class_names("cifar10")[:3]
@@ -154,7 +154,7 @@ def _check_image_size(dataset, height, width):
     )
 
 
-def preprocess_input(x, dataset: "str | tuple | keras.Model | None" = None, data_format: str | None = None):
+def preprocess_input(x, dataset: str | tuple | keras.Model | None = None, data_format: str | None = None):
     """Raw pixels (0-255, RGB) to the normalised float32 images the networks take, as
     `keras.applications.*.preprocess_input` does for their models.
 
@@ -204,7 +204,7 @@ def preprocess_input(x, dataset: "str | tuple | keras.Model | None" = None, data
 
 
 def decode_predictions(
-    preds, dataset: "str | keras.Model | None" = None, top: int = 5, class_names: "list[str] | None" = None
+    preds, dataset: str | keras.Model | None = None, top: int = 5, class_names: list[str] | None = None
 ) -> list[list[tuple]]:
     """The `top` classes of each prediction, best first, as keras.applications' helper gives them.
 

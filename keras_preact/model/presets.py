@@ -110,7 +110,7 @@ def write_preset(model_dir: str, destination: str | None = None) -> str:
         "test_error": results["test_error"],
         "paper_error": preset and preset.paper_error,
         "paper_figure": preset and preset.paper_figure,
-        "date": datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(model_dir, "results.json")), datetime.UTC)
+        "date": datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(model_dir, "results.json")), datetime.timezone.utc)
         .date()
         .isoformat(),
         "device": results.get("device") or results.get("placement"),

@@ -18,7 +18,7 @@ from keras_preact.model.remat import rematerialized_call
 BATCH_NORM_OPTIONS = ("synchronized", "virtual_groups")
 
 
-def check_batch_norm_options(options):
+def check_batch_norm_options(options: dict | None) -> dict:
     """A copy of `options` (None: none), which may hold only `BATCH_NORM_OPTIONS`."""
     if options is None:
         return {}
@@ -85,23 +85,23 @@ class ResidualUnit(keras.layers.Layer):
 
     def __init__(
         self,
-        filters,
-        block="bottleneck",
-        strides=1,
-        stride_on="first_1x1",
-        preactivation="residual",
-        downsample="projection",
-        ordering="full_preact",
-        shortcut="identity",
-        shortcut_scale=None,
-        residual_scale=None,
-        gate_bias=None,
-        dropout_rate=None,
-        remat=False,
-        data_format=None,
-        batch_norm_options=None,
+        filters: int,
+        block: str = "bottleneck",
+        strides: int = 1,
+        stride_on: str = "first_1x1",
+        preactivation: str = "residual",
+        downsample: str = "projection",
+        ordering: str = "full_preact",
+        shortcut: str = "identity",
+        shortcut_scale: float | None = None,
+        residual_scale: float | None = None,
+        gate_bias: float | None = None,
+        dropout_rate: float | None = None,
+        remat: bool = False,
+        data_format: str | None = None,
+        batch_norm_options: dict | None = None,
         **kwargs,
-    ):
+    ) -> None:
         super().__init__(**kwargs)
         choices.check_count("filters", filters)
         if strides not in (1, 2) or isinstance(strides, bool):
