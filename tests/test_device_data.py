@@ -252,6 +252,18 @@ def test_bad_train_arguments(arguments, message):
 
 
 @device_backends
+def test_training_batches_go_on_past_the_run_as_its_next_epoch():
+    """What Keras' JAX trainer reads after the last step on an accelerator (one batch ahead)."""
+    split = random_split(16)
+    run = device_data.train_dataset(split, CIFAR10, batch_size=8, seed=2, epochs=1)
+    longer = device_data.train_dataset(split, CIFAR10, batch_size=8, seed=2, epochs=2)
+    for ours, theirs in zip(run[len(run)], longer[len(run)]):
+        np.testing.assert_array_equal(numpy(ours), numpy(theirs))
+    with pytest.raises(IndexError, match="Batch -1 of an endless stream"):
+        run[-1]
+
+
+@device_backends
 def test_batches_past_the_end_are_an_index_error():
     dataset = device_data.eval_dataset(random_split(10), CIFAR10, batch_size=4)
     with pytest.raises(IndexError, match="Batch 3 of 3"):

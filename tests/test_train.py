@@ -53,6 +53,66 @@ def test_small_run_lowers_the_loss(tmp_path):
     assert (tmp_path / "model.weights.h5").exists() and list((tmp_path / "logs").iterdir())
 
 
+jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="the look-ahead is Keras' JAX trainer's")
+
+
+@pytest.fixture
+def look_ahead(monkeypatch):
+    """Keras' JAX trainer as on an accelerator, where it reads the input one batch ahead
+    (`JAXEpochIterator._get_iterator` skips that on the CPU only); counts the epochs read so."""
+    import jax
+    from keras.src.backend.jax.trainer import JAXEpochIterator
+
+    real = JAXEpochIterator._one_batch_ahead_iterator
+    read = []
+
+    def counted(self, iterator):
+        read.append(self)
+        return real(self, iterator)
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(JAXEpochIterator, "_one_batch_ahead_iterator", counted)
+    return read
+
+
+def assert_finished(model_dir, export_dir, steps, epochs):
+    results = json.loads((model_dir / "results.json").read_text())
+    assert results["steps"] == steps and results["epochs"] == epochs
+    assert [row["epoch"] for row in read_history(str(model_dir / "history.csv"))] == list(range(epochs))
+    assert (model_dir / "model.weights.h5").exists() and (export_dir / "1" / "saved_model.pb").exists()
+    return results
+
+
+@jax_only
+@pytest.mark.parametrize("pipeline", ["device", "tf_data"])
+def test_a_run_that_reads_ahead_as_on_an_accelerator_finishes(tmp_path, look_ahead, pipeline):
+    """Several epochs through Keras' look-ahead to results.json, the weights and the export."""
+    config = training.RunConfig(depth=8, epochs=3, batch_size=20, model_dir=str(tmp_path / "run"), input_pipeline=pipeline)
+    results = training.run(config, *toy_splits(60), export_dir=str(tmp_path / "export"), verbose=0)
+    assert look_ahead, "the run did not take the look-ahead path"
+    assert assert_finished(tmp_path / "run", tmp_path / "export", 3 * 3, 3)["input_pipeline"] == pipeline
+
+
+@jax_only
+def test_a_resumed_run_that_reads_ahead_finishes(tmp_path, look_ahead, monkeypatch):
+    real_save = training.callbacks.Checkpoint.on_epoch_end
+
+    def killed_at_the_second(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt  # the process dies here, after epoch 1's checkpoint
+        real_save(self, epoch, logs)
+
+    config = training.RunConfig(depth=8, epochs=3, batch_size=20, model_dir=str(tmp_path / "run"), input_pipeline="device")
+    monkeypatch.setattr(training.callbacks.Checkpoint, "on_epoch_end", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        training.run(config, *toy_splits(60), verbose=0)
+    monkeypatch.setattr(training.callbacks.Checkpoint, "on_epoch_end", real_save)
+    look_ahead.clear()
+    training.run(config, *toy_splits(60), export_dir=str(tmp_path / "export"), verbose=0)
+    assert look_ahead, "the resumed run did not take the look-ahead path"
+    assert_finished(tmp_path / "run", tmp_path / "export", 3 * 3, 3)
+
+
 def test_mixed_precision_run_leaves_the_global_policy_alone(tmp_path):
     config = training.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path), mixed_precision="bfloat16")
     results = training.run(config, *toy_splits(), verbose=0)

@@ -113,15 +113,15 @@ class _SplitOnDevice(keras.utils.PyDataset):
         self.labels = ops.convert_to_tensor(split.labels)
         self.mean, self.std = (ops.convert_to_tensor(value) for value in preprocessing.normalization(info))
 
-    def _check_index(self, index):
-        if not 0 <= index < len(self):
-            raise IndexError(f"Batch {index} of {len(self)}.")
+    def _check_index(self, index, end):
+        if index < 0 or (end is not None and index >= end):
+            raise IndexError(f"Batch {index} of {end or 'an endless stream'}.")
 
 
 class TrainBatches(_SplitOnDevice):
     """Shuffled and augmented batches of epochs `first_epoch` … `epochs - 1`, one after another:
     a `keras.utils.PyDataset` for `fit` (pass `steps_per_epoch=batches.steps`); batch i is
-    step i % steps of epoch first_epoch + i // steps.
+    step i % steps of epoch first_epoch + i // steps, for any i (the epochs go on past the run's).
 
     Each epoch drops the last partial global batch. `process=(index, count)`: this process's
     slice of every global batch of `batch_size` (batch_size / count examples), so that `count`
@@ -149,9 +149,12 @@ class TrainBatches(_SplitOnDevice):
 
     @property
     def num_batches(self):
-        # None ("no end" to Keras), so that fit never reorders the batches: with its default
-        # shuffle=True it permutes a finite PyDataset's indices, here across the whole run. fit
-        # stops after epochs x steps_per_epoch; len() is the real count.
+        # None: to Keras an endless stream of epochs, each a function of (seed, epoch), which is
+        # what `__getitem__` serves. So fit never reorders the batches (with its default
+        # shuffle=True it permutes a finite PyDataset's indices, here across the whole run), and
+        # its JAX trainer, which off the CPU reads one batch ahead, gets the first batch of the
+        # epoch after the run's last (made, never trained on). fit stops after epochs x
+        # steps_per_epoch; len() is the run's count.
         return None
 
     def _upload_draws(self, epoch):
@@ -162,7 +165,7 @@ class TrainBatches(_SplitOnDevice):
         return tuple(ops.convert_to_tensor(value) for value in (positions, flips, offsets))
 
     def __getitem__(self, index):
-        self._check_index(index)
+        self._check_index(index, end=None)  # past len(): the next epochs (see num_batches)
         epoch, step = divmod(index, self.steps)
         epoch += self.first_epoch
         if epoch != self._epoch:
@@ -183,7 +186,7 @@ class EvalBatches(_SplitOnDevice):
         return -(-len(self.labels) // self.batch_size)
 
     def __getitem__(self, index):
-        self._check_index(index)
+        self._check_index(index, end=len(self))
         batch = slice(index * self.batch_size, (index + 1) * self.batch_size)
         return self._normalize(self.images[batch], self.mean, self.std), self.labels[batch]
 
