@@ -397,3 +397,77 @@ def test_command_line_reports_errors_without_traceback(tmp_path):
     )
     assert result.returncode == 1
     assert "depth=12 does not fit" in result.stderr and "Traceback" not in result.stderr
+
+
+class Recorder(keras.callbacks.Callback):
+    """Which epochs and how many steps a run's callbacks saw, and the logs of each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs, self.steps, self.logs = [], 0, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logs.append(dict(logs))
+
+
+def test_user_callbacks_are_called_and_the_recipe_settings_recorded(tmp_path):
+    recorder = Recorder()
+    config = training.RunConfig(depth=8, epochs=2, batch_size=20, model_dir=str(tmp_path), learning_rate=0.05, nesterov=True)
+    results = training.run(config, *toy_splits(60), verbose=0, callbacks=[recorder])
+    assert recorder.epochs == [0, 1] and recorder.steps == 2 * 3
+    assert {"loss", "val_loss", "val_accuracy"} <= set(recorder.logs[-1])
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for settings in (results, saved):
+        assert (settings["learning_rate"], settings["nesterov"], settings["momentum"], settings["weight_decay"]) == (0.05, True, 0.9, 1e-4)
+        assert settings["warmup_epochs"] == pytest.approx(2 * 400 / 64000)
+    # A config.json written before these settings existed is the same run: started again, it resumes.
+    for name in ("learning_rate", "weight_decay", "momentum", "nesterov", "warmup_epochs"):
+        del saved[name]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    again = training.run(dataclasses.replace(config, learning_rate=None, nesterov=None), *toy_splits(60), verbose=0)
+    assert again["steps"] == 2 * 3 and again["learning_rate"] == 0.1  # the recipe's, as that run's file says
+
+
+@pytest.mark.parametrize("callbacks", ["EarlyStopping", [keras.callbacks.History(), print]])
+def test_a_bad_callbacks_value_is_refused_before_anything_is_written(tmp_path, callbacks):
+    config = training.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="callbacks must be a list of keras.callbacks.Callback instances, got"):
+        training.run(config, *toy_splits(), verbose=0, callbacks=callbacks)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="a torch process; once, in the torch suite")
+def test_user_callbacks_on_the_custom_loop(tmp_path):
+    """torch's DistributedDataParallel engine (one process here) calls them as fit does."""
+    code = f"""
+import json, sys, torch.distributed as dist
+sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+from test_train import Recorder, toy_splits
+from keras_preact import training
+from keras_preact.training import distribute
+dist.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:{free_port()}")
+assert distribute.place("auto").custom_loop
+recorder = Recorder()
+config = training.RunConfig(depth=8, epochs=2, batch_size=20, model_dir={str(tmp_path)!r})
+results = training.run(config, *toy_splits(60), verbose=0, callbacks=[recorder])
+print(json.dumps({{"epochs": recorder.epochs, "steps": recorder.steps, "logs": sorted(recorder.logs[-1]),
+                  "placement": results["placement"]}}))
+"""
+    seen = json.loads(run_python(code, backend="torch").stdout.strip().splitlines()[-1])
+    assert "DistributedDataParallel" in seen["placement"]
+    assert seen["epochs"] == [0, 1] and seen["steps"] == 2 * 3
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(seen["logs"])
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -5,6 +5,9 @@
 a restarted run resumes from it), `history.csv`, TensorBoard `logs/` (tf.data pipeline), and at
 the end `model.weights.h5`, `results.json` and `curves.png`. The input pipeline is chosen by
 `pipelines` and imported only when chosen: on the device pipeline nothing imports TensorFlow.
+
+The run is six named stages: `prepare` (resolve, check and load; nothing written), `restore`
+(the checkpoint, if any: the first epoch), `train`, `evaluate`, `export` and `report`.
 """
 
 import contextlib
