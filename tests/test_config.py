@@ -169,3 +169,6 @@ def test_a_resolved_configuration_is_resolved_once(monkeypatch):
     monkeypatch.setattr("keras_preact.training.config.units_per_stage", None)  # a second resolution would call it
     assert config.resolved() is config
     assert build_model(config).name  # takes it as it is
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="depth=12 does not fit"):  # a copy with other values is checked again
+        dataclasses.replace(config, depth=12).resolved()

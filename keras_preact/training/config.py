@@ -97,8 +97,8 @@ class RunConfig:
         choices.BATCH_NORMS.check(self.batch_norm)
         choices.check_count("seed", self.seed, minimum=0, maximum=2**32 - 1)  # the seeds Keras takes
         choices.INPUT_PIPELINES.check(self.input_pipeline)
-        return ResolvedRunConfig(**{
-            **{field.name: getattr(self, field.name) for field in dataclasses.fields(self)},
+        resolved = ResolvedRunConfig(**{
+            **{field.name: getattr(self, field.name) for field in dataclasses.fields(RunConfig)},
             **settings,
             "block": block,
             "epochs": epochs,
@@ -107,6 +107,8 @@ class RunConfig:
             "data_dir": None if self.data_dir is None else os.fspath(self.data_dir),
             "model_options": model_options,
         })
+        object.__setattr__(resolved, "checked", True)
+        return resolved
 
     @property
     def optimizer_settings(self):
@@ -114,7 +116,8 @@ class RunConfig:
         return {name: getattr(self, name) for name in OPTIMIZER_SETTINGS}
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        return {field.name: values[field.name] for field in dataclasses.fields(RunConfig)}
 
     @classmethod
     def from_dict(cls, values, source="the configuration"):
@@ -162,8 +165,12 @@ class ResolvedRunConfig(RunConfig):
     (True, 'basic', 0.01875)
     """
 
+    # Set by RunConfig.resolved() alone: a copy with other values (dataclasses.replace) lacks it,
+    # and resolves (and checks) again.
+    checked: bool = dataclasses.field(default=False, init=False, repr=False, compare=False)
+
     def resolved(self):
-        return self
+        return self if self.checked else super().resolved()
 
 
 def write_json(path, values):
