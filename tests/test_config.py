@@ -141,10 +141,10 @@ def test_none_means_the_default_for_every_setting():
 def test_the_recipe_numbers_are_settings():
     """None: the recipe's number, filled in and saved; a given one reaches the optimizer."""
     assert RunConfig(depth=20, epochs=32).resolved().optimizer_settings == {
-        "learning_rate": 0.1, "weight_decay": 1e-4, "momentum": 0.9, "nesterov": False, "warmup_epochs": 0.2
-    }
+        "learning_rate": 0.1, "weight_decay": 1e-4, "momentum": 0.9, "nesterov": False, "warmup_epochs": None
+    }  # warmup_epochs None: the recipe's share of the run, whatever its epochs
     official = RunConfig(depth=20, recipe="official").resolved()
-    assert (official.nesterov, official.warmup_epochs) == (True, 0.0)
+    assert (official.nesterov, official.momentum) == (True, 0.9)
     given = RunConfig(depth=20, epochs=10, batch_size=256, learning_rate=0.05, weight_decay=5e-4, momentum=0.8,
                       nesterov=True, warmup_epochs=2).resolved()
     optimizer = make_optimizer(choices.RECIPES["paper"], 100, given.epochs, given.batch_size, given.optimizer_settings)

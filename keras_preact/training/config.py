@@ -37,7 +37,8 @@ class RunConfig:
         momentum: SGD momentum in [0, 1); None: the recipe's.
         nesterov: Nesterov momentum (True or False); None: the recipe's.
         warmup_epochs: epochs (fractions allowed) at the recipe's warm-up rate before its full
-            rate; None: the recipe's share of the run (0 for recipes without a warm-up).
+            rate; None: the recipe's share of the run, which follows `epochs` (none for recipes
+            without a warm-up). results.json records the warm-up the run had, in epochs.
         train_subset: train on this many images (class-balanced); None: all.
         model_dir: where the run writes; None: `runs/<dataset>_resnet<depth>`.
         strategy: device placement (`keras_preact.choices.STRATEGIES`).
@@ -128,7 +129,7 @@ class RunConfig:
         unknown = sorted(set(values) - fields)
         if unknown:
             raise ValueError(f"{source} has unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}.")
-        return RunConfig(**values)  # unresolved, whatever the class asked: only resolved() makes a ResolvedRunConfig
+        return cls(**values)
 
     @classmethod
     def load(cls, path):
@@ -161,8 +162,8 @@ class ResolvedRunConfig(RunConfig):
     (resolving it again returns it unchanged, without checking anything twice).
 
     >>> config = RunConfig(depth=20, epochs=3).resolved()
-    >>> config.resolved() is config, config.block, config.warmup_epochs
-    (True, 'basic', 0.01875)
+    >>> config.resolved() is config, config.block, config.learning_rate
+    (True, 'basic', 0.1)
     """
 
     # Set by RunConfig.resolved() alone: a copy with other values (dataclasses.replace) lacks it,

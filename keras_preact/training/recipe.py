@@ -147,7 +147,7 @@ def make_optimizer(recipe, steps_per_epoch, epochs, batch_size, settings=None):
     schedule = StepSchedule(
         rate,
         boundaries=[round(fraction * total) for fraction in recipe.boundaries],
-        warmup_steps=math.ceil(settings["warmup_epochs"] * steps_per_epoch),
+        warmup_steps=warmup_steps(recipe, settings["warmup_epochs"], epochs, steps_per_epoch),
         warmup_rate=rate * (recipe.warmup_rate / recipe.learning_rate),
     )
     return TorchSGD(
@@ -158,24 +158,35 @@ def make_optimizer(recipe, steps_per_epoch, epochs, batch_size, settings=None):
     )
 
 
+def warmup_steps(recipe, warmup_epochs, epochs, steps_per_epoch):
+    """The steps at the warm-up rate: `warmup_epochs` of them, or with None the recipe's share
+    of the run's `epochs` (a step begun is a step at the warm-up rate)."""
+    if warmup_epochs is None:
+        return math.ceil(recipe.warmup * epochs * steps_per_epoch)
+    return math.ceil(warmup_epochs * steps_per_epoch)
+
+
 def optimizer_settings(recipe, epochs, **given):
     """The recipe's numbers for a run of `epochs`, each replaced by a `given` one that is not
     None, and checked: the `OPTIMIZER_SETTINGS` of `RunConfig`.
 
     `learning_rate` is the rate at the recipe's batch size; `warmup_epochs` the epochs (a
-    fraction allowed) at the recipe's warm-up rate, by default the recipe's fraction of the run.
+    fraction allowed) at the recipe's warm-up rate, None for the recipe's share of the run
+    (which follows the run's epochs: `warmup_steps`).
 
     >>> optimizer_settings(choices.RECIPES["paper"], epochs=32, momentum=0.8)
-    {'learning_rate': 0.1, 'weight_decay': 0.0001, 'momentum': 0.8, 'nesterov': False, 'warmup_epochs': 0.2}
+    {'learning_rate': 0.1, 'weight_decay': 0.0001, 'momentum': 0.8, 'nesterov': False, 'warmup_epochs': None}
     """
     unknown = sorted(set(given) - set(OPTIMIZER_SETTINGS))
     if unknown:
         raise ValueError(f"Unknown optimizer setting(s) {', '.join(unknown)}; valid: {', '.join(OPTIMIZER_SETTINGS)}.")
     own = {"learning_rate": recipe.learning_rate, "weight_decay": recipe.weight_decay, "momentum": recipe.momentum,
-           "nesterov": recipe.nesterov, "warmup_epochs": round(recipe.warmup * epochs, 12)}  # 0.01875, not 0.018750000000000003
+           "nesterov": recipe.nesterov, "warmup_epochs": None}
     values = {name: own[name] if given.get(name) is None else given[name] for name in OPTIMIZER_SETTINGS}
-    warmup = choices.check_number("warmup_epochs", values["warmup_epochs"], 0, epochs, high_open=True)
-    if given.get("warmup_epochs") and recipe.warmup_rate == recipe.learning_rate:
+    warmup = values["warmup_epochs"]
+    if warmup is not None:
+        warmup = choices.check_number("warmup_epochs", warmup, 0, epochs, high_open=True)
+    if warmup and recipe.warmup_rate == recipe.learning_rate:
         raise ValueError(
             f"warmup_epochs={warmup:g} needs a warm-up rate, and this recipe has none (it starts at its full "
             "rate): use a recipe with a warm-up (e.g. recipe='paper'), or leave warmup_epochs unset."

@@ -28,7 +28,7 @@ from keras_preact.serving.saved_model import export_saved_model
 from keras_preact.training import custom_loop, distribute, pipelines
 from keras_preact.training.callbacks import Checkpoint, StopOnNaN, Throughput
 from keras_preact.training.config import RunConfig, build_model, write_json
-from keras_preact.training.recipe import make_optimizer
+from keras_preact.training.recipe import make_optimizer, warmup_steps
 from keras_preact.training.report import plot_curves, read_history
 
 log = logging.getLogger("keras_preact")
@@ -203,6 +203,8 @@ def report(prepared, model, first_epoch, measured, exported):
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         **config.optimizer_settings,
+        "warmup_epochs": warmup_steps(choices.RECIPES[config.recipe], config.warmup_epochs, config.epochs, prepared.plan.steps)
+        / prepared.plan.steps,  # the warm-up the run had
         "train_images": len(prepared.train_split),
         "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "replicas": placement.replicas,
