@@ -101,6 +101,7 @@ def main():
     import keras
 
     from keras_preact.training import RunConfig, build_model, device_data
+    from keras_preact.training.pipelines import BatchPlan
     from keras_preact.training.recipe import make_optimizer
 
     config = RunConfig(
@@ -116,11 +117,11 @@ def main():
     train = train.subset(config.train_subset)
     load_seconds = time.perf_counter() - started
     info = choices.DATASETS[config.dataset]
-    batches = device_data.train_dataset(train, info, config.batch_size, config.seed, config.epochs)
+    batches = device_data.TrainBatches(train, info, BatchPlan(len(train), config.batch_size, config.epochs), config.seed)
     recipe = choices.RECIPES[config.recipe]
     model = build_model(config)
     model.compile(
-        optimizer=make_optimizer(recipe, batches.steps, config.epochs, config.batch_size),
+        optimizer=make_optimizer(recipe, batches.steps, config.epochs, config.batch_size, config.optimizer_settings),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile="auto" if args.jit_compile is None else args.jit_compile,
@@ -129,7 +130,7 @@ def main():
         static_shapes_for_torch_compile()
     report = epoch_report(batches.steps, config.batch_size, target)
     model.fit(batches, epochs=config.epochs, steps_per_epoch=batches.steps,
-              validation_data=device_data.eval_dataset(test, info, config.batch_size),
+              validation_data=device_data.EvalBatches(test, info, config.batch_size),
               shuffle=False, callbacks=[report], verbose=0)
 
     rows = report.epochs

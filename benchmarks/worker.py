@@ -88,7 +88,7 @@ def pipeline(args):
     start = time.perf_counter()
     train, _ = source.load("cifar10", args.data_dir)
     decode = time.perf_counter() - start
-    dataset = source.train_dataset(train, choices.DATASETS["cifar10"], batch_size=args.batch)
+    dataset = source.train_batches(train, choices.DATASETS["cifar10"], pipelines.BatchPlan(len(train), args.batch), 0, 0)
     batches = len(train) // args.batch
     iterator = iter(dataset)
     next(iterator)

@@ -13,6 +13,8 @@ import math
 import numbers
 from collections.abc import Mapping
 
+import numpy as np
+
 
 class Choices(Mapping):
     """The valid values of one argument, each with its record.
@@ -79,10 +81,11 @@ def check_count(argument, value, minimum=1, maximum=None):
 
 
 def check_flag(argument, value):
-    """`value` if it is True or False; a ValueError otherwise (1, "yes" and None are not flags)."""
-    if not isinstance(value, bool):
+    """`value` as a bool if it is True or False (NumPy's too); a ValueError otherwise (1, "yes" and
+    None are not flags)."""
+    if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{argument} must be True or False, got {value!r}.")
-    return value
+    return bool(value)
 
 
 # --- data ----------------------------------------------------------------------------------------

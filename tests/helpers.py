@@ -129,6 +129,16 @@ def reference_unit(unit, x):
     return shortcut + h
 
 
+def train_batches(pipeline, split, batch_size, seed=0, epochs=1, first_epoch=0, process=(0, 1)):
+    """`pipeline`'s training batches of `split` (CIFAR-10's constants) as a run of `epochs` at a
+    global `batch_size` makes them, from `first_epoch`, in process `process` = (index, count)."""
+    from keras_preact import choices
+    from keras_preact.training.pipelines import BatchPlan
+
+    plan = BatchPlan(len(split), batch_size, epochs, process=process)
+    return pipeline.train_batches(split, choices.DATASETS["cifar10"], plan, seed, first_epoch)
+
+
 def assert_processes_share_every_global_batch(train_dataset, split, batches):
     """`train_dataset(split, ..., process=(p, 2))` over 2 processes: each step's two halves are the
     one-process global batch, in order."""

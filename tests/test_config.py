@@ -12,6 +12,8 @@ import pytest
 
 from keras_preact import choices
 from keras_preact.training import RunConfig, build_model
+from keras_preact.training.config import ResolvedRunConfig
+from keras_preact.training.recipe import OPTIMIZER_SETTINGS, make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,6 +53,13 @@ def test_none_means_default_and_nothing_else_does():
         (dict(model_options={"remat": "yes"}), "remat must be True or False"),
         (dict(model_options={"shortcut": "constant_scaling", "shortcut_scale": "x"}), "shortcut_scale must be a finite number, got 'x'"),
         (dict(model_options={"gate_bias": -6.0}), "gate_bias=-6.0 applies to shortcut='exclusive_gating' or 'shortcut_only_gating'"),
+        (dict(learning_rate=0), "learning_rate must be a positive number, got 0"),
+        (dict(learning_rate=float("nan")), "learning_rate must be a finite number, got nan"),
+        (dict(weight_decay=-1e-4), "weight_decay must be >= 0, got -0.0001"),
+        (dict(momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
+        (dict(nesterov="yes"), "nesterov must be True or False, got 'yes'"),
+        (dict(epochs=10, warmup_epochs=10), r"warmup_epochs must be in \[0, 10\), got 10.0"),
+        (dict(recipe="official", warmup_epochs=2), "warmup_epochs=2 needs a warm-up rate, and this recipe has none"),
     ],
 )
 def test_bad_values_are_named(overrides, message):
@@ -128,3 +137,39 @@ def test_none_means_the_default_for_every_setting():
     assert given_none == RunConfig().resolved()
     assert RunConfig(model_options={"unit": None, "remat": None}).resolved().model_options == {}
     assert RunConfig(epochs=np.int64(3), seed=np.int32(1)).resolved().epochs == 3  # NumPy integers are integers
+
+
+def test_the_recipe_numbers_are_settings():
+    """None: the recipe's number, filled in and saved; a given one reaches the optimizer."""
+    assert RunConfig(depth=20, epochs=32).resolved().optimizer_settings == {
+        "learning_rate": 0.1, "weight_decay": 1e-4, "momentum": 0.9, "nesterov": False, "warmup_epochs": None
+    }  # warmup_epochs None: the recipe's share of the run, whatever its epochs
+    official = RunConfig(depth=20, recipe="official").resolved()
+    assert (official.nesterov, official.momentum) == (True, 0.9)
+    given = RunConfig(depth=20, epochs=10, batch_size=256, learning_rate=0.05, weight_decay=5e-4, momentum=0.8,
+                      nesterov=True, warmup_epochs=2).resolved()
+    optimizer = make_optimizer(choices.RECIPES["paper"], 100, given.epochs, given.batch_size, given.optimizer_settings)
+    schedule = optimizer._learning_rate
+    assert schedule.rate == pytest.approx(0.1) and schedule.warmup_rate == pytest.approx(0.01)  # x2 for batch 256
+    assert schedule.warmup_steps == 200 and schedule.boundaries == [500, 750]
+    assert (optimizer.momentum, optimizer.nesterov, optimizer.coupled_weight_decay) == (0.8, True, 5e-4)
+
+
+def test_a_config_json_from_before_the_recipe_settings_reads_as_the_recipe(tmp_path):
+    config = RunConfig(depth=20, epochs=2, recipe="official").resolved()
+    saved = config.to_dict()
+    for name in OPTIMIZER_SETTINGS:
+        del saved[name]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert RunConfig.load(tmp_path / "config.json") == config
+
+
+def test_a_resolved_configuration_is_resolved_once(monkeypatch):
+    config = RunConfig(depth=20, epochs=2).resolved()
+    assert isinstance(config, ResolvedRunConfig) and not isinstance(RunConfig(depth=20), ResolvedRunConfig)
+    monkeypatch.setattr("keras_preact.training.config.units_per_stage", None)  # a second resolution would call it
+    assert config.resolved() is config
+    assert build_model(config).name  # takes it as it is
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="depth=12 does not fit"):  # a copy with other values is checked again
+        dataclasses.replace(config, depth=12).resolved()

@@ -8,13 +8,14 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import assert_processes_share_every_global_batch
+from helpers import assert_processes_share_every_global_batch, train_batches
 
 from keras_preact import choices
 from keras_preact.training import data
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "data", "cifar10-sample")
 CIFAR10 = choices.DATASETS["cifar10"]
+TF_DATA = data.TFDataPipeline()
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -59,7 +60,7 @@ def test_array_source():
 
 def test_eval_pipeline_normalises_only():
     train, _ = data.load("cifar10", SAMPLE)
-    batches = list(data.eval_dataset(train, CIFAR10, batch_size=8))
+    batches = list(TF_DATA.eval_batches(train, CIFAR10, batch_size=8))
     assert [len(y) for _, y in batches] == [8, 8, 8, 6]  # every example, in order
     x = np.concatenate([b[0].numpy() for b in batches])
     assert x.dtype == np.float32
@@ -73,26 +74,26 @@ def batches(dataset):
 
 def test_train_pipeline_shapes_and_reshuffling():
     train, _ = data.load("cifar10", SAMPLE)
-    both = batches(data.train_dataset(train, CIFAR10, batch_size=8, seed=3, epochs=2))
+    both = batches(train_batches(TF_DATA, train, batch_size=8, seed=3, epochs=2))
     assert len(both) == 6  # 30 images: each epoch drops its last partial batch
     assert both[0][0].shape == (8, 32, 32, 3) and both[0][0].dtype == np.float32
     assert both[0][1].dtype == np.int32
     order1 = np.concatenate([y for _, y in both[:3]])
     order2 = np.concatenate([y for _, y in both[3:]])
     assert not np.array_equal(order1, order2) or not np.array_equal(both[0][0], both[3][0])
-    again = batches(data.train_dataset(train, CIFAR10, batch_size=8, seed=3, epochs=2))
+    again = batches(train_batches(TF_DATA, train, batch_size=8, seed=3, epochs=2))
     for (xa, ya), (xb, yb) in zip(both, again):  # reproducible with the seed
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
-    other = batches(data.train_dataset(train, CIFAR10, batch_size=8, seed=4, epochs=1))
+    other = batches(train_batches(TF_DATA, train, batch_size=8, seed=4, epochs=1))
     assert not all(np.array_equal(a[0], b[0]) for a, b in zip(both, other))
 
 
 def test_an_epoch_depends_on_the_seed_and_its_number_only():
     """What a resumed run sees: epoch 2 started on its own equals epoch 2 after epoch 1."""
     train, _ = data.load("cifar10", SAMPLE)
-    uninterrupted = batches(data.train_dataset(train, CIFAR10, batch_size=8, seed=5, epochs=3))
-    resumed = batches(data.train_dataset(train, CIFAR10, batch_size=8, seed=5, epochs=3, first_epoch=2))
+    uninterrupted = batches(train_batches(TF_DATA, train, batch_size=8, seed=5, epochs=3))
+    resumed = batches(train_batches(TF_DATA, train, batch_size=8, seed=5, epochs=3, first_epoch=2))
     assert len(resumed) == 3
     for (xa, ya), (xb, yb) in zip(uninterrupted[6:], resumed):
         np.testing.assert_array_equal(xa, xb)
@@ -101,9 +102,9 @@ def test_an_epoch_depends_on_the_seed_and_its_number_only():
 
 def test_processes_share_every_global_batch():
     train, _ = data.load("cifar10", SAMPLE)
-    assert_processes_share_every_global_batch(functools.partial(data.train_dataset, info=CIFAR10), train, batches)
+    assert_processes_share_every_global_batch(functools.partial(train_batches, TF_DATA), train, batches)
     with pytest.raises(ValueError, match="batch_size=8 must divide evenly over 3 processes"):
-        data.train_dataset(train, CIFAR10, batch_size=8, process=(0, 3))
+        train_batches(TF_DATA, train, batch_size=8, process=(0, 3))
 
 
 def windows(image):

@@ -14,7 +14,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from helpers import assert_processes_share_every_global_batch, tensorflow_modules, without_tensorflow
+from helpers import assert_processes_share_every_global_batch, tensorflow_modules, train_batches, without_tensorflow
 
 from keras_preact import choices, training
 from keras_preact.training import device_data, pipelines, sources
@@ -22,6 +22,7 @@ from keras_preact.training import device_data, pipelines, sources
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "tests", "data", "cifar10-sample")
 CIFAR10 = choices.DATASETS["cifar10"]
+DEVICE = device_data.DevicePipeline()
 BACKEND = keras.backend.backend()
 device_backends = pytest.mark.skipif(
     BACKEND == "tensorflow", reason="the on-device pipeline is for the jax and torch backends; TensorFlow reads tf.data"
@@ -115,20 +116,20 @@ def test_the_device_pipeline_needs_an_image_folder(tmp_path):
 @device_backends
 def test_eval_batches_normalise_only_every_example_in_order():
     _, test = device_data.load("cifar10", SAMPLE)
-    ours = batches(device_data.eval_dataset(test, CIFAR10, batch_size=8))
+    ours = batches(DEVICE.eval_batches(test, CIFAR10, batch_size=8))
     assert [len(y) for _, y in ours] == [8, 8, 8, 6]
     x = np.concatenate([b[0] for b in ours])
     assert x.dtype == np.float32
     np.testing.assert_allclose(x, normalised(test.images), rtol=0, atol=1e-6)
     np.testing.assert_array_equal(np.concatenate([b[1] for b in ours]), test.labels)
     data = pytest.importorskip("keras_preact.training.data")
-    theirs = np.concatenate([b[0].numpy() for b in data.eval_dataset(test, CIFAR10, batch_size=8)])
+    theirs = np.concatenate([b[0].numpy() for b in data.TFDataPipeline().eval_batches(test, CIFAR10, batch_size=8)])
     np.testing.assert_allclose(x, theirs, rtol=0, atol=1e-6)
 
 
 @device_backends
 def test_batches_stay_backend_tensors():
-    x, y = device_data.train_dataset(random_split(16), CIFAR10, batch_size=8)[0]
+    x, y = train_batches(DEVICE, random_split(16), batch_size=8)[0]
     if BACKEND == "jax":
         import jax
 
@@ -154,7 +155,7 @@ def augmentations(dataset, split):
 @device_backends
 def test_augmentation_is_a_flip_and_a_crop_of_the_zero_padded_image():
     split = random_split(256)
-    found = augmentations(device_data.train_dataset(split, CIFAR10, batch_size=64, seed=1, epochs=4), split)
+    found = augmentations(train_batches(DEVICE, split, batch_size=64, seed=1, epochs=4), split)
     every = [row for batch in found for row in batch]
     assert len(every) == 4 * 256
     assert 0.44 < np.mean([mirrored for _, _, mirrored in every]) < 0.56  # flip rate 1/2 (±3.8 sigma)
@@ -164,7 +165,7 @@ def test_augmentation_is_a_flip_and_a_crop_of_the_zero_padded_image():
     for batch in found:
         assert len({(dy, dx) for dy, dx, _ in batch}) > 20  # per image, not one offset per batch
     # Rows and columns that fall in the padding are exactly zero (in normalised space).
-    x, y = device_data.train_dataset(split, CIFAR10, batch_size=64, seed=1)[0]
+    x, y = train_batches(DEVICE, split, batch_size=64, seed=1)[0]
     x = numpy(x)
     for image, (dy, dx, _) in zip(x, found[0]):
         assert (image[: max(0, 4 - dy)] == 0).all() and (image[36 - dy :] == 0).all()
@@ -177,7 +178,7 @@ def test_the_tf_data_pipeline_augments_the_same_way():
     """The reference: tf.data's examples, classified the same way, have the same rates."""
     data = pytest.importorskip("keras_preact.training.data")
     split = random_split(256)
-    dataset = data.train_dataset(split, CIFAR10, batch_size=64, seed=1, epochs=4)
+    dataset = train_batches(data.TFDataPipeline(), split, batch_size=64, seed=1, epochs=4)
     every = []
     for x, y in dataset:
         every += [crop_of(image, normalised(split.images[label])) for image, label in zip(x.numpy(), y.numpy())]
@@ -190,19 +191,19 @@ def test_the_tf_data_pipeline_augments_the_same_way():
 def test_an_epoch_depends_on_the_seed_and_its_number_only():
     """What a resumed run sees: epoch 2 started on its own equals epoch 2 after epochs 0 and 1."""
     _, test = device_data.load("cifar10", SAMPLE)
-    uninterrupted = batches(device_data.train_dataset(test, CIFAR10, batch_size=8, seed=5, epochs=3))
-    resumed = batches(device_data.train_dataset(test, CIFAR10, batch_size=8, seed=5, epochs=3, first_epoch=2))
+    uninterrupted = batches(train_batches(DEVICE, test, batch_size=8, seed=5, epochs=3))
+    resumed = batches(train_batches(DEVICE, test, batch_size=8, seed=5, epochs=3, first_epoch=2))
     assert len(uninterrupted) == 9 and len(resumed) == 3  # 30 images: each epoch drops its partial batch
     for (xa, ya), (xb, yb) in zip(uninterrupted[6:], resumed):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
-    again = batches(device_data.train_dataset(test, CIFAR10, batch_size=8, seed=5, epochs=3))
+    again = batches(train_batches(DEVICE, test, batch_size=8, seed=5, epochs=3))
     for (xa, ya), (xb, yb) in zip(uninterrupted, again):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
     epoch_labels = [np.concatenate([y for _, y in uninterrupted[e * 3 : e * 3 + 3]]) for e in range(3)]
     assert not np.array_equal(epoch_labels[0], epoch_labels[1])  # reshuffled every epoch
-    other = batches(device_data.train_dataset(test, CIFAR10, batch_size=8, seed=6, epochs=1))
+    other = batches(train_batches(DEVICE, test, batch_size=8, seed=6, epochs=1))
     assert not all(np.array_equal(a[0], b[0]) for a, b in zip(uninterrupted, other))
 
 
@@ -213,16 +214,16 @@ def test_the_same_batches_on_jax_and_torch(tmp_path):
     code = (
         "import numpy as np, keras\n"
         "from keras_preact import choices\n"
-        "from keras_preact.training import device_data\n"
+        "from keras_preact.training import device_data, pipelines\n"
         "_, test = device_data.load('cifar10', %r)\n"
-        "d = device_data.train_dataset(test, choices.DATASETS['cifar10'], batch_size=8, seed=9, epochs=2)\n"
+        "d = device_data.TrainBatches(test, choices.DATASETS['cifar10'], pipelines.BatchPlan(len(test), 8, 2), seed=9)\n"
         "np.savez(%r, *[keras.ops.convert_to_numpy(t) for i in range(len(d)) for t in d[i]])\n"
     ) % (SAMPLE, str(tmp_path / "other.npz"))
     env = dict(os.environ, KERAS_BACKEND=other, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     _, test = device_data.load("cifar10", SAMPLE)
-    ours = [t for batch in batches(device_data.train_dataset(test, CIFAR10, batch_size=8, seed=9, epochs=2)) for t in batch]
+    ours = [t for batch in batches(train_batches(DEVICE, test, batch_size=8, seed=9, epochs=2)) for t in batch]
     theirs = np.load(tmp_path / "other.npz")
     assert len(theirs.files) == len(ours) == 12
     for index, array in enumerate(ours):
@@ -232,7 +233,7 @@ def test_the_same_batches_on_jax_and_torch(tmp_path):
 @device_backends
 def test_processes_share_every_global_batch():
     _, test = device_data.load("cifar10", SAMPLE)
-    assert_processes_share_every_global_batch(functools.partial(device_data.train_dataset, info=CIFAR10), test, batches)
+    assert_processes_share_every_global_batch(functools.partial(train_batches, DEVICE), test, batches)
 
 
 @device_backends
@@ -248,12 +249,24 @@ def test_processes_share_every_global_batch():
 def test_bad_train_arguments(arguments, message):
     _, test = device_data.load("cifar10", SAMPLE)
     with pytest.raises(ValueError, match=message):
-        device_data.train_dataset(test, CIFAR10, **arguments)
+        train_batches(DEVICE, test, **arguments)
+
+
+@device_backends
+def test_training_batches_go_on_past_the_run_as_its_next_epoch():
+    """What Keras' JAX trainer reads after the last step on an accelerator (one batch ahead)."""
+    split = random_split(16)
+    run = train_batches(DEVICE, split, batch_size=8, seed=2, epochs=1)
+    longer = train_batches(DEVICE, split, batch_size=8, seed=2, epochs=2)
+    for ours, theirs in zip(run[len(run)], longer[len(run)]):
+        np.testing.assert_array_equal(numpy(ours), numpy(theirs))
+    with pytest.raises(IndexError, match="Batch -1 of an endless stream"):
+        run[-1]
 
 
 @device_backends
 def test_batches_past_the_end_are_an_index_error():
-    dataset = device_data.eval_dataset(random_split(10), CIFAR10, batch_size=4)
+    dataset = DEVICE.eval_batches(random_split(10), CIFAR10, batch_size=4)
     with pytest.raises(IndexError, match="Batch 3 of 3"):
         dataset[3]
 
@@ -274,7 +287,7 @@ def test_keras_passes_the_device_batches_through_unchanged():
             made.append(super().__getitem__(index))
             return made[-1]
 
-    dataset = Recorded(random_split(32), CIFAR10, batch_size=8, epochs=3)
+    dataset = Recorded(random_split(32), CIFAR10, pipelines.BatchPlan(32, 8, 3))
     with pytest.warns(UserWarning, match="shuffle=True` was passed, but will be ignored"):
         adapter = get_data_adapter(dataset, shuffle=True)  # fit's default: our order stands
     iterator = iter(adapter.get_jax_iterator() if BACKEND == "jax" else adapter.get_torch_dataloader())
@@ -301,7 +314,7 @@ def test_choosing_the_pipeline(monkeypatch):
         with pytest.raises(ValueError, match="input_pipeline='device' is for the jax and torch backends"):
             pipelines.resolve("device")
         return
-    assert pipelines.resolve("device") == "device" and pipelines.get("device") is device_data
+    assert pipelines.resolve("device") == "device" and isinstance(pipelines.get("device"), device_data.DevicePipeline)
     monkeypatch.setattr(pipelines, "tensorflow_installed", lambda: False)
     assert pipelines.resolve("auto") == "device"
     with pytest.raises(ValueError, match="input_pipeline='tf_data' needs TensorFlow, which is not installed here"):

@@ -16,7 +16,7 @@ def rates(schedule, steps):
 
 def test_paper_preset_schedule():
     # 390 steps per epoch (50,000 images, batch 128) x 164 epochs = 63,960 iterations.
-    optimizer = recipe.make_optimizer(choices.RECIPES["paper"], steps_per_epoch=390)
+    optimizer = recipe.make_optimizer(choices.RECIPES["paper"], steps_per_epoch=390, epochs=164, batch_size=128)
     schedule = optimizer._learning_rate
     assert schedule.boundaries == [31980, 47970] and schedule.warmup_steps == 400
     assert rates(schedule, [0, 399, 400, 31979, 31980, 47969, 47970, 63959]) == [
@@ -26,7 +26,7 @@ def test_paper_preset_schedule():
 
 
 def test_official_preset_schedule():
-    optimizer = recipe.make_optimizer(choices.RECIPES["official"], steps_per_epoch=781)
+    optimizer = recipe.make_optimizer(choices.RECIPES["official"], steps_per_epoch=781, epochs=200, batch_size=64)
     schedule = optimizer._learning_rate
     assert schedule.boundaries == [81 * 781, 122 * 781] and schedule.warmup_steps == 0
     assert rates(schedule, [0, 81 * 781 - 1, 81 * 781, 122 * 781]) == [0.1, 0.1, 0.01, 0.001]

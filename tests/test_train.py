@@ -53,6 +53,66 @@ def test_small_run_lowers_the_loss(tmp_path):
     assert (tmp_path / "model.weights.h5").exists() and list((tmp_path / "logs").iterdir())
 
 
+jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="the look-ahead is Keras' JAX trainer's")
+
+
+@pytest.fixture
+def look_ahead(monkeypatch):
+    """Keras' JAX trainer as on an accelerator, where it reads the input one batch ahead
+    (`JAXEpochIterator._get_iterator` skips that on the CPU only); counts the epochs read so."""
+    import jax
+    from keras.src.backend.jax.trainer import JAXEpochIterator
+
+    real = JAXEpochIterator._one_batch_ahead_iterator
+    read = []
+
+    def counted(self, iterator):
+        read.append(self)
+        return real(self, iterator)
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(JAXEpochIterator, "_one_batch_ahead_iterator", counted)
+    return read
+
+
+def assert_finished(model_dir, export_dir, steps, epochs):
+    results = json.loads((model_dir / "results.json").read_text())
+    assert results["steps"] == steps and results["epochs"] == epochs
+    assert [row["epoch"] for row in read_history(str(model_dir / "history.csv"))] == list(range(epochs))
+    assert (model_dir / "model.weights.h5").exists() and (export_dir / "1" / "saved_model.pb").exists()
+    return results
+
+
+@jax_only
+@pytest.mark.parametrize("pipeline", ["device", "tf_data"])
+def test_a_run_that_reads_ahead_as_on_an_accelerator_finishes(tmp_path, look_ahead, pipeline):
+    """Several epochs through Keras' look-ahead to results.json, the weights and the export."""
+    config = training.RunConfig(depth=8, epochs=3, batch_size=20, model_dir=str(tmp_path / "run"), input_pipeline=pipeline)
+    results = training.run(config, *toy_splits(60), export_dir=str(tmp_path / "export"), verbose=0)
+    assert look_ahead, "the run did not take the look-ahead path"
+    assert assert_finished(tmp_path / "run", tmp_path / "export", 3 * 3, 3)["input_pipeline"] == pipeline
+
+
+@jax_only
+def test_a_resumed_run_that_reads_ahead_finishes(tmp_path, look_ahead, monkeypatch):
+    real_save = training.callbacks.Checkpoint.on_epoch_end
+
+    def killed_at_the_second(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt  # the process dies here, after epoch 1's checkpoint
+        real_save(self, epoch, logs)
+
+    config = training.RunConfig(depth=8, epochs=3, batch_size=20, model_dir=str(tmp_path / "run"), input_pipeline="device")
+    monkeypatch.setattr(training.callbacks.Checkpoint, "on_epoch_end", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        training.run(config, *toy_splits(60), verbose=0)
+    monkeypatch.setattr(training.callbacks.Checkpoint, "on_epoch_end", real_save)
+    look_ahead.clear()
+    training.run(config, *toy_splits(60), export_dir=str(tmp_path / "export"), verbose=0)
+    assert look_ahead, "the resumed run did not take the look-ahead path"
+    assert_finished(tmp_path / "run", tmp_path / "export", 3 * 3, 3)
+
+
 def test_mixed_precision_run_leaves_the_global_policy_alone(tmp_path):
     config = training.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path), mixed_precision="bfloat16")
     results = training.run(config, *toy_splits(), verbose=0)
@@ -337,3 +397,78 @@ def test_command_line_reports_errors_without_traceback(tmp_path):
     )
     assert result.returncode == 1
     assert "depth=12 does not fit" in result.stderr and "Traceback" not in result.stderr
+
+
+class Recorder(keras.callbacks.Callback):
+    """Which epochs and how many steps a run's callbacks saw, and the logs of each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs, self.steps, self.logs = [], 0, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logs.append(dict(logs))
+
+
+def test_user_callbacks_are_called_and_the_recipe_settings_recorded(tmp_path):
+    recorder = Recorder()
+    config = training.RunConfig(depth=8, epochs=2, batch_size=20, model_dir=str(tmp_path), learning_rate=0.05, nesterov=True)
+    results = training.run(config, *toy_splits(60), verbose=0, callbacks=[recorder])
+    assert recorder.epochs == [0, 1] and recorder.steps == 2 * 3
+    assert {"loss", "val_loss", "val_accuracy"} <= set(recorder.logs[-1])
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for settings in (results, saved):
+        assert (settings["learning_rate"], settings["nesterov"], settings["momentum"], settings["weight_decay"]) == (0.05, True, 0.9, 1e-4)
+    assert saved["warmup_epochs"] is None  # the recipe's share of the run
+    assert results["warmup_epochs"] == pytest.approx(1 / 3)  # what it was: 400/64000 of 6 steps, rounded up to one
+    # A config.json written before these settings existed is the same run: started again, it resumes.
+    for name in ("learning_rate", "weight_decay", "momentum", "nesterov", "warmup_epochs"):
+        del saved[name]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    again = training.run(dataclasses.replace(config, learning_rate=None, nesterov=None), *toy_splits(60), verbose=0)
+    assert again["steps"] == 2 * 3 and again["learning_rate"] == 0.1  # the recipe's, as that run's file says
+
+
+@pytest.mark.parametrize("callbacks", ["EarlyStopping", [keras.callbacks.History(), print]])
+def test_a_bad_callbacks_value_is_refused_before_anything_is_written(tmp_path, callbacks):
+    config = training.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="callbacks must be a list of keras.callbacks.Callback instances, got"):
+        training.run(config, *toy_splits(), verbose=0, callbacks=callbacks)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="a torch process; once, in the torch suite")
+def test_user_callbacks_on_the_custom_loop(tmp_path):
+    """torch's DistributedDataParallel engine (one process here) calls them as fit does."""
+    code = f"""
+import json, sys, torch.distributed as dist
+sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+from test_train import Recorder, toy_splits
+from keras_preact import training
+from keras_preact.training import distribute
+dist.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:{free_port()}")
+assert distribute.place("auto").custom_loop
+recorder = Recorder()
+config = training.RunConfig(depth=8, epochs=2, batch_size=20, model_dir={str(tmp_path)!r})
+results = training.run(config, *toy_splits(60), verbose=0, callbacks=[recorder])
+print(json.dumps({{"epochs": recorder.epochs, "steps": recorder.steps, "logs": sorted(recorder.logs[-1]),
+                  "placement": results["placement"]}}))
+"""
+    seen = json.loads(run_python(code, backend="torch").stdout.strip().splitlines()[-1])
+    assert "DistributedDataParallel" in seen["placement"]
+    assert seen["epochs"] == [0, 1] and seen["steps"] == 2 * 3
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(seen["logs"])
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

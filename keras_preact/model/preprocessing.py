@@ -50,12 +50,18 @@ def normalization(dataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def normalize(images, dataset):
-    """`(images - mean) / std` with `dataset`'s constants (see `normalization`).
+    """`(images - mean) / std` with `dataset`'s constants (see `normalization`): the one
+    normalisation of both training pipelines, the exported signatures and serving.
 
-    `images`: float pixels (0-255) of any framework whose tensors take NumPy operands (TensorFlow,
-    JAX, NumPy, Keras symbolic tensors), channels last.
+    `images`: float pixels (0-255), channels last: NumPy, Keras symbolic tensors, tensors of the
+    current Keras backend, or TensorFlow tensors on any backend (tf.data).
+
+    >>> normalize(np.full((1, 3), 128.0, np.float32), ((128.0, 0.0, 28.0), (1.0, 2.0, 4.0))).tolist()
+    [[0.0, 64.0, 25.0]]
     """
     mean, std = normalization(dataset)
+    if keras.ops.is_tensor(images):  # a torch tensor takes no NumPy operand: constants of its backend
+        mean, std = keras.ops.convert_to_tensor(mean), keras.ops.convert_to_tensor(std)
     return (images - mean) / std
 
 

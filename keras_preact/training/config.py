@@ -12,6 +12,7 @@ import os
 
 from keras_preact import choices
 from keras_preact.model.builders import PreActResNet, check_architecture
+from keras_preact.training.recipe import OPTIMIZER_SETTINGS, optimizer_settings
 
 # PreActResNet arguments a run may set (beyond depth, block and classes, which it sets itself).
 MODEL_OPTIONS = ("unit", "shortcut", "downsample", "stride_on", "remat", *choices.SHORTCUT_OPTIONS)
@@ -30,6 +31,14 @@ class RunConfig:
         recipe: `"paper"` or `"official"` (`keras_preact.choices.RECIPES`).
         epochs, batch_size: None: the recipe's. The learning rate scales with the batch size and
             the schedule's boundaries with the number of epochs.
+        learning_rate: SGD's rate at the recipe's batch size (scaled by batch_size / the
+            recipe's, as the recipe's own); None: the recipe's.
+        weight_decay: coupled (L2) weight decay, added to the gradient; None: the recipe's.
+        momentum: SGD momentum in [0, 1); None: the recipe's.
+        nesterov: Nesterov momentum (True or False); None: the recipe's.
+        warmup_epochs: epochs (fractions allowed) at the recipe's warm-up rate before its full
+            rate; None: the recipe's share of the run, which follows `epochs` (none for recipes
+            without a warm-up). results.json records the warm-up the run had, in epochs.
         train_subset: train on this many images (class-balanced); None: all.
         model_dir: where the run writes; None: `runs/<dataset>_resnet<depth>`.
         strategy: device placement (`keras_preact.choices.STRATEGIES`).
@@ -51,6 +60,11 @@ class RunConfig:
     recipe: str = "paper"
     epochs: int = None
     batch_size: int = None
+    learning_rate: float = None
+    weight_decay: float = None
+    momentum: float = None
+    nesterov: bool = None
+    warmup_epochs: float = None
     train_subset: int = None
     model_dir: str = None
     strategy: str = "auto"
@@ -61,7 +75,8 @@ class RunConfig:
     model_options: dict = dataclasses.field(default_factory=dict)
 
     def resolved(self):
-        """This configuration with every default filled in, or a ValueError naming the bad value."""
+        """This configuration with every default filled in, as a `ResolvedRunConfig`, or a
+        ValueError naming the bad value."""
         self = dataclasses.replace(self, **_defaults_for_none(self))
         choices.TRAINING_DATASETS.check(self.dataset)
         _check_path("data_dir", self.data_dir, optional=True)
@@ -71,6 +86,8 @@ class RunConfig:
         recipe = choices.RECIPES[self.recipe]
         epochs = recipe.epochs if self.epochs is None else choices.check_count("epochs", self.epochs)
         batch_size = recipe.batch_size if self.batch_size is None else choices.check_count("batch_size", self.batch_size)
+        given = {name: getattr(self, name) for name in OPTIMIZER_SETTINGS}
+        settings = optimizer_settings(recipe, epochs, **given)
         if self.train_subset is not None:
             choices.check_count("train_subset", self.train_subset)
         model_dir = os.path.join("runs", f"{self.dataset}_resnet{self.depth}") if self.model_dir is None else self.model_dir
@@ -80,25 +97,34 @@ class RunConfig:
         choices.BATCH_NORMS.check(self.batch_norm)
         choices.check_count("seed", self.seed, minimum=0, maximum=2**32 - 1)  # the seeds Keras takes
         choices.INPUT_PIPELINES.check(self.input_pipeline)
-        return dataclasses.replace(
-            self,
-            block=block,
-            epochs=epochs,
-            batch_size=batch_size,
-            model_dir=os.fspath(model_dir),
-            data_dir=None if self.data_dir is None else os.fspath(self.data_dir),
-            model_options=model_options,
-        )
+        resolved = ResolvedRunConfig(**{
+            **{field.name: getattr(self, field.name) for field in dataclasses.fields(RunConfig)},
+            **settings,
+            "block": block,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "model_dir": os.fspath(model_dir),
+            "data_dir": None if self.data_dir is None else os.fspath(self.data_dir),
+            "model_options": model_options,
+        })
+        object.__setattr__(resolved, "checked", True)
+        return resolved
+
+    @property
+    def optimizer_settings(self):
+        """The `recipe.OPTIMIZER_SETTINGS` as a dict (what `recipe.make_optimizer` takes)."""
+        return {name: getattr(self, name) for name in OPTIMIZER_SETTINGS}
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        return {field.name: values[field.name] for field in dataclasses.fields(RunConfig)}
 
     @classmethod
     def from_dict(cls, values, source="the configuration"):
         """A RunConfig from a dict such as a saved config.json; unknown keys are an error."""
         if not isinstance(values, dict):
             raise ValueError(f"{source} must be a JSON object of run settings, got {type(values).__name__}.")
-        fields = {field.name for field in dataclasses.fields(cls)}
+        fields = {field.name for field in dataclasses.fields(RunConfig)}
         unknown = sorted(set(values) - fields)
         if unknown:
             raise ValueError(f"{source} has unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}.")
@@ -126,6 +152,25 @@ class RunConfig:
     def save(self, path):
         """Writes the configuration atomically: other processes may read it meanwhile."""
         write_json(path, self.to_dict())
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedRunConfig(RunConfig):
+    """A `RunConfig` whose every default is filled in and every value checked: what
+    `RunConfig.resolved()` returns, and what `training.run` and `build_model` take as it is
+    (resolving it again returns it unchanged, without checking anything twice).
+
+    >>> config = RunConfig(depth=20, epochs=3).resolved()
+    >>> config.resolved() is config, config.block, config.learning_rate
+    (True, 'basic', 0.1)
+    """
+
+    # Set by RunConfig.resolved() alone: a copy with other values (dataclasses.replace) lacks it,
+    # and resolves (and checks) again.
+    checked: bool = dataclasses.field(default=False, init=False, repr=False, compare=False)
+
+    def resolved(self):
+        return self if self.checked else super().resolved()
 
 
 def write_json(path, values):

@@ -131,9 +131,11 @@ def evaluate(engine, dataset):
     return loss / count, correct / count
 
 
-def fit(model, engine, dataset, epochs, initial_epoch, steps_per_epoch, validation_data, callbacks, verbose):
+def fit(model, engine, dataset, plan, initial_epoch, validation_data, callbacks, verbose):
     """`model.fit` for the engines above (`dataset`: this process's batches of epochs
-    `initial_epoch` … `epochs - 1`)."""
+    `initial_epoch` … `plan.epochs - 1`, `plan` the run's `pipelines.BatchPlan`), calling
+    `callbacks` (Keras callbacks) as fit does."""
+    epochs, steps_per_epoch = plan.epochs, plan.steps
     callbacks = keras.callbacks.CallbackList(
         callbacks, add_progbar=bool(verbose), model=model, verbose=verbose, epochs=epochs, steps=steps_per_epoch
     )

@@ -1,9 +1,9 @@
 """CIFAR-10/100 as tf.data pipelines: three sources, the paper's augmentation, per-epoch seeds.
 
 Sources give uint8 arrays (decoded once, kept in memory; image folders and arrays come from the
-TensorFlow-free `sources` module, which the on-device pipeline shares); `train_dataset` and
-`eval_dataset` turn them into batched pipelines that normalise with the dataset's constants
-(`keras_preact.choices.DATASETS`, the same the exported serving signature applies). Epoch e's order
+TensorFlow-free `sources` module, which the on-device pipeline shares); `TFDataPipeline` turns
+them into batched pipelines that normalise with the dataset's constants
+(`keras_preact.model.preprocessing.normalize`, as the exported serving signature does). Epoch e's order
 and augmentation are functions of (seed, e) alone, so a run resumed at epoch e sees exactly what an
 uninterrupted run would.
 """
@@ -16,6 +16,7 @@ import tensorflow as tf
 from keras_preact import runtime
 from keras_preact.model import preprocessing
 from keras_preact.training import sources
+from keras_preact.training.pipelines import InputPipeline
 from keras_preact.training.sources import IMAGE_SIZE, PADDING, Split, from_arrays  # noqa: F401 (this module's API)
 
 TFDS_DOWNLOAD_HOST = ("www.cs.toronto.edu", 443)  # where TFDS fetches CIFAR-10/100
@@ -87,11 +88,6 @@ def _to_split(dataset):
 # --- pipelines --------------------------------------------------------------------------------
 
 
-def normalize(images, info):
-    """uint8 pixels -> float32, per-channel (x - mean) / std of the dataset record `info`."""
-    return preprocessing.normalize(tf.cast(images, tf.float32), info)
-
-
 def augment(image, seed):
     """The paper's augmentation of one normalised image: random flip, 4-px zero pad, random crop.
 
@@ -115,40 +111,38 @@ def epoch_order(seed, epoch, size):
     return tf.argsort(tf.random.stateless_uniform([size], seed=epoch_key(seed, epoch)), stable=True)
 
 
-def train_dataset(split, info, batch_size, seed=0, epochs=1, first_epoch=0, process=(0, 1)):
-    """Shuffled and augmented batches of epochs `first_epoch` … `epochs - 1`, one after another.
-
-    Each epoch drops the last partial global batch. `process=(index, count)`: this process's
-    slice of every global batch of `batch_size` (batch_size / count examples), so that `count`
-    processes together see exactly the batches one process would.
-    """
-    index, count = process
-    if batch_size % count:
-        raise ValueError(f"batch_size={batch_size} must divide evenly over {count} processes.")
-    if len(split) < batch_size:
-        raise ValueError(f"The training split has {len(split)} images, fewer than one batch of {batch_size}.")
-    steps, local = len(split) // batch_size, batch_size // count
-    images, labels = tf.constant(split.images), tf.constant(split.labels)
-
-    def epoch_examples(epoch):
-        order = epoch_order(seed, epoch, len(split))[: steps * batch_size]
-        mine = tf.reshape(tf.reshape(order, [steps, count, local])[:, index], [-1])
-        return tf.data.Dataset.from_tensor_slices((mine, tf.fill([steps * local], epoch)))
-
-    def example(position, epoch):
-        key = tf.random.experimental.stateless_fold_in(epoch_key(seed, epoch), tf.cast(position, tf.int64))
-        return augment(normalize(tf.gather(images, position), info), key), tf.gather(labels, position)
-
-    dataset = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_examples)
-    dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return _sized(dataset.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+def _normalize(images, info):
+    return preprocessing.normalize(tf.cast(images, tf.float32), info)
 
 
-def eval_dataset(split, info, batch_size):
-    """Normalised only, in order, every example."""
-    dataset = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-    dataset = dataset.batch(batch_size).map(lambda x, y: (normalize(x, info), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return _sized(dataset.prefetch(tf.data.AUTOTUNE))
+class TFDataPipeline(InputPipeline):
+    """tf.data on the host, for every backend: the `pipelines.InputPipeline` of this module."""
+
+    def load(self, dataset, data_dir):
+        return load(dataset, data_dir)
+
+    def train_batches(self, split, info, plan, seed=0, first_epoch=0):
+        """A tf.data.Dataset of this process's `plan.local_batch`-image slices of every global batch."""
+        steps, local, (index, count) = plan.steps, plan.local_batch, plan.process
+        images, labels = tf.constant(split.images), tf.constant(split.labels)
+
+        def epoch_examples(epoch):
+            order = epoch_order(seed, epoch, len(split))[: steps * plan.batch_size]
+            mine = tf.reshape(tf.reshape(order, [steps, count, local])[:, index], [-1])
+            return tf.data.Dataset.from_tensor_slices((mine, tf.fill([steps * local], epoch)))
+
+        def example(position, epoch):
+            key = tf.random.experimental.stateless_fold_in(epoch_key(seed, epoch), tf.cast(position, tf.int64))
+            return augment(_normalize(tf.gather(images, position), info), key), tf.gather(labels, position)
+
+        dataset = tf.data.Dataset.range(first_epoch, plan.epochs).flat_map(epoch_examples)
+        dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return _sized(dataset.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+
+    def eval_batches(self, split, info, batch_size):
+        dataset = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+        dataset = dataset.batch(batch_size).map(lambda x, y: (_normalize(x, info), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return _sized(dataset.prefetch(tf.data.AUTOTUNE))
 
 
 def _sized(dataset):

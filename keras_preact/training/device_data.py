@@ -4,7 +4,7 @@ For the JAX and torch backends, and no TensorFlow. A split is uploaded once as a
 (50,000 CIFAR images are 154 MB); every step gathers its batch from it and normalises, flips,
 zero-pads and crops it with vectorised `keras.ops` (one XLA computation on JAX), so no image
 crosses the host-device link during training. The semantics are those of the tf.data pipeline
-(`data.train_dataset`): the paper's augmentation per image (random flip, 4-pixel zero padding in
+(`data.TFDataPipeline`): the paper's augmentation per image (random flip, 4-pixel zero padding in
 normalised space, random 32x32 crop), epoch e's order and augmentation a function of (seed, e)
 alone (a resumed run sees what an uninterrupted one would), the last partial global batch dropped,
 and `process=(index, count)` slicing every global batch for multi-process training.
@@ -19,12 +19,15 @@ Keras takes the batches as they are: `fit` wraps a `keras.utils.PyDataset` in it
 (`batch_size=None`, no workers, no pinning) passes tensors already on Keras' device through.
 """
 
+import functools
+
 import keras
 import numpy as np
 from keras import ops
 
 from keras_preact.model import preprocessing
 from keras_preact.training import sources
+from keras_preact.training.pipelines import InputPipeline
 from keras_preact.training.sources import IMAGE_SIZE, PADDING
 
 
@@ -62,15 +65,11 @@ def epoch_draws(seed, epoch, size):
     return order, flips, offsets
 
 
-def normalize(images, mean, std):
-    """uint8 pixels -> float32 (x - mean) / std, with mean and std as tensors of shape [3]."""
-    return (ops.cast(images, "float32") - mean) / std
-
-
-def augment(images, positions, flips, offsets, mean, std):
+def augment(images, positions, flips, offsets, info):
     """The paper's augmentation of `images[positions]`, all images of the batch at once.
 
-    `images`: uint8 [N, 32, 32, 3]; `positions`, `flips`: [B]; `offsets`: [B, 2] (dy, dx) in 0..8.
+    `images`: uint8 [N, 32, 32, 3]; `positions`, `flips`: [B]; `offsets`: [B, 2] (dy, dx) in 0..8;
+    `info`: the `choices.Dataset` record whose constants normalise.
     Each image is mirrored where `flips` says, padded with 4 pixels of zeros in normalised space
     (the official code's order: normalise, then pad) and cropped to 32x32 at (dy, dx) — the crop
     of the *mirrored* padded image, as the tf.data pipeline flips before it pads and crops.
@@ -86,19 +85,25 @@ def augment(images, positions, flips, offsets, mean, std):
     rows, cols = ops.clip(rows, 0, IMAGE_SIZE - 1), ops.clip(cols, 0, IMAGE_SIZE - 1)
     pixel = (positions[:, None, None] * IMAGE_SIZE + rows[:, :, None]) * IMAGE_SIZE + cols[:, None, :]  # [B, 32, 32]
     pixels = ops.take(ops.reshape(images, (-1, 3)), pixel, axis=0)
-    return ops.where(inside[..., None], normalize(pixels, mean, std), 0.0)
+    return ops.where(inside[..., None], _normalize(pixels, info), 0.0)
 
 
-def _train_batch(images, labels, positions, flips, offsets, mean, std, step):
+def _normalize(images, info):
+    return preprocessing.normalize(ops.cast(images, "float32"), info)
+
+
+def _train_batch(images, labels, positions, flips, offsets, step, info):
     chosen = positions[step]
     return (
-        augment(images, chosen, ops.take(flips, chosen, axis=0), ops.take(offsets, chosen, axis=0), mean, std),
+        augment(images, chosen, ops.take(flips, chosen, axis=0), ops.take(offsets, chosen, axis=0), info),
         ops.take(labels, chosen, axis=0),
     )
 
 
-def _compiled(function):
-    """`function` as one XLA computation on JAX; torch runs its few kernels eagerly."""
+def _compiled(function, info):
+    """`function` of tensors and the record `info` as one XLA computation on JAX (`info` a
+    constant of it); torch runs its few kernels eagerly."""
+    function = functools.partial(function, info=info)
     if keras.backend.backend() == "jax":
         import jax
 
@@ -106,68 +111,74 @@ def _compiled(function):
     return function
 
 
+class DevicePipeline(InputPipeline):
+    """Batches made on the accelerator (jax, torch): the `pipelines.InputPipeline` of this module."""
+
+    def load(self, dataset, data_dir):
+        return load(dataset, data_dir)
+
+    def train_batches(self, split, info, plan, seed=0, first_epoch=0):
+        return TrainBatches(split, info, plan, seed, first_epoch)
+
+    def eval_batches(self, split, info, batch_size):
+        return EvalBatches(split, info, batch_size)
+
+
 class _SplitOnDevice(keras.utils.PyDataset):
-    def __init__(self, split, info):
+    def __init__(self, split):
         super().__init__()  # one worker, no queue: Keras calls __getitem__ in order, in this thread
         self.images = ops.convert_to_tensor(split.images)
         self.labels = ops.convert_to_tensor(split.labels)
-        self.mean, self.std = (ops.convert_to_tensor(value) for value in preprocessing.normalization(info))
 
-    def _check_index(self, index):
-        if not 0 <= index < len(self):
-            raise IndexError(f"Batch {index} of {len(self)}.")
+    def _check_index(self, index, end):
+        if index < 0 or (end is not None and index >= end):
+            raise IndexError(f"Batch {index} of {'an endless stream' if end is None else end}.")
 
 
 class TrainBatches(_SplitOnDevice):
     """Shuffled and augmented batches of epochs `first_epoch` … `epochs - 1`, one after another:
     a `keras.utils.PyDataset` for `fit` (pass `steps_per_epoch=batches.steps`); batch i is
-    step i % steps of epoch first_epoch + i // steps.
+    step i % steps of epoch first_epoch + i // steps, for any i (the epochs go on past the run's).
 
-    Each epoch drops the last partial global batch. `process=(index, count)`: this process's
-    slice of every global batch of `batch_size` (batch_size / count examples), so that `count`
-    processes together see exactly the batches one process would.
+    `plan`: the run's `pipelines.BatchPlan` (this process's slice of every global batch).
     """
 
-    def __init__(self, split, info, batch_size, seed=0, epochs=1, first_epoch=0, process=(0, 1)):
-        index, count = process
-        if batch_size % count:
-            raise ValueError(f"batch_size={batch_size} must divide evenly over {count} processes.")
-        if not 0 <= index < count:
-            raise ValueError(f"process index {index} must be in 0..{count - 1}.")
-        if len(split) < batch_size:
-            raise ValueError(f"The training split has {len(split)} images, fewer than one batch of {batch_size}.")
-        if not 0 <= first_epoch < epochs:
-            raise ValueError(f"first_epoch={first_epoch} must be in 0..{epochs - 1} (epochs={epochs}).")
-        super().__init__(split, info)
-        self.batch_size, self.seed, self.epochs, self.first_epoch, self.process = batch_size, seed, epochs, first_epoch, process
-        self.steps = len(split) // batch_size
-        self._batch = _compiled(_train_batch)
+    def __init__(self, split, info, plan, seed=0, first_epoch=0):
+        if not 0 <= first_epoch < plan.epochs:
+            raise ValueError(f"first_epoch={first_epoch} must be in 0..{plan.epochs - 1} (epochs={plan.epochs}).")
+        super().__init__(split)
+        self.plan, self.seed, self.first_epoch = plan, seed, first_epoch
+        self.steps = plan.steps
+        self._batch = _compiled(_train_batch, info)
         self._epoch, self._draws = None, None
 
     def __len__(self):
-        return self.steps * (self.epochs - self.first_epoch)
+        return self.steps * (self.plan.epochs - self.first_epoch)
 
     @property
     def num_batches(self):
-        # None ("no end" to Keras), so that fit never reorders the batches: with its default
-        # shuffle=True it permutes a finite PyDataset's indices, here across the whole run. fit
-        # stops after epochs x steps_per_epoch; len() is the real count.
+        # None: to Keras an endless stream of epochs, each a function of (seed, epoch), which is
+        # what `__getitem__` serves. So fit never reorders the batches (with its default
+        # shuffle=True it permutes a finite PyDataset's indices, here across the whole run), and
+        # its JAX trainer, which off the CPU reads one batch ahead, gets the first batch of the
+        # epoch after the run's last (made, never trained on). fit stops after epochs x
+        # steps_per_epoch; len() is the run's count.
         return None
 
     def _upload_draws(self, epoch):
         """This process's positions [steps, local] and every image's flip and offsets for `epoch`."""
-        index, count = self.process
+        index, count = self.plan.process
         order, flips, offsets = epoch_draws(self.seed, epoch, len(self.labels))
-        positions = order[: self.steps * self.batch_size].reshape(self.steps, count, -1)[:, index]
+        positions = order[: self.steps * self.plan.batch_size].reshape(self.steps, count, -1)[:, index]
         return tuple(ops.convert_to_tensor(value) for value in (positions, flips, offsets))
 
     def __getitem__(self, index):
-        self._check_index(index)
+        self._check_index(index, end=None)  # past len(): the next epochs (see num_batches)
         epoch, step = divmod(index, self.steps)
         epoch += self.first_epoch
         if epoch != self._epoch:
             self._epoch, self._draws = epoch, self._upload_draws(epoch)
-        return self._batch(self.images, self.labels, *self._draws, self.mean, self.std, step)
+        return self._batch(self.images, self.labels, *self._draws, step)
 
 
 class EvalBatches(_SplitOnDevice):
@@ -175,19 +186,15 @@ class EvalBatches(_SplitOnDevice):
     smaller): a `keras.utils.PyDataset` for `evaluate` and `validation_data`."""
 
     def __init__(self, split, info, batch_size):
-        super().__init__(split, info)
+        super().__init__(split)
         self.batch_size = batch_size
-        self._normalize = _compiled(normalize)
+        self._normalize = _compiled(_normalize, info)
 
     def __len__(self):
         return -(-len(self.labels) // self.batch_size)
 
     def __getitem__(self, index):
-        self._check_index(index)
+        self._check_index(index, end=len(self))
         batch = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        return self._normalize(self.images[batch], self.mean, self.std), self.labels[batch]
+        return self._normalize(self.images[batch]), self.labels[batch]
 
-
-# The tf.data pipeline's interface (`data.train_dataset`, `data.eval_dataset`), for the runner.
-train_dataset = TrainBatches
-eval_dataset = EvalBatches

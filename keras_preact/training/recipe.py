@@ -10,6 +10,11 @@ import math
 import keras
 from keras import ops
 
+from keras_preact import choices
+
+# The recipe's numbers a run may set (`RunConfig`), each None for the recipe's own.
+OPTIMIZER_SETTINGS = ("learning_rate", "weight_decay", "momentum", "nesterov", "warmup_epochs")
+
 
 @keras.saving.register_keras_serializable(package="keras_preact")
 class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -23,8 +28,7 @@ class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, rate, boundaries=(), factor=0.1, warmup_steps=0, warmup_rate=None):
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
-            raise ValueError(f"rate must be a positive number, got {rate!r}.")
+        check_positive("rate", rate)
         if list(boundaries) != sorted(boundaries) or any(b < 0 for b in boundaries):
             raise ValueError(f"boundaries must be non-negative and increasing, got {list(boundaries)}.")
         self.rate = float(rate)
@@ -77,13 +81,9 @@ class TorchSGD(keras.optimizers.Optimizer):
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
-        if coupled_weight_decay < 0:
-            raise ValueError(f"coupled_weight_decay must be >= 0, got {coupled_weight_decay}.")
-        self.momentum = momentum
-        self.nesterov = nesterov
-        self.coupled_weight_decay = coupled_weight_decay
+        self.momentum = check_momentum("momentum", momentum)
+        self.nesterov = choices.check_flag("nesterov", nesterov)
+        self.coupled_weight_decay = check_decay("coupled_weight_decay", coupled_weight_decay)
 
     def build(self, variables):
         if self.built:
@@ -133,25 +133,85 @@ class TorchSGD(keras.optimizers.Optimizer):
         return config
 
 
-def make_optimizer(recipe, steps_per_epoch, epochs=None, batch_size=None):
-    """The recipe's TorchSGD for a run of `epochs` at `batch_size` (defaults: the recipe's).
+def make_optimizer(recipe, steps_per_epoch, epochs, batch_size, settings=None):
+    """The recipe's TorchSGD for a run of `epochs` at `batch_size`.
 
-    The learning rates scale linearly with the batch size relative to the recipe's; the warm-up
-    and the boundaries keep their place as fractions of the run.
+    `settings`: the run's `optimizer_settings` (None: the recipe's own). The learning rates
+    (the warm-up's at the recipe's ratio to the rate) scale linearly with the batch size relative
+    to the recipe's; the boundaries keep their place as fractions of the run.
     """
-    epochs = recipe.epochs if epochs is None else epochs
-    batch_size = recipe.batch_size if batch_size is None else batch_size
+    settings = optimizer_settings(recipe, epochs) if settings is None else settings
     total = epochs * steps_per_epoch
-    scale = batch_size / recipe.batch_size
+    rate = settings["learning_rate"] * batch_size / recipe.batch_size
     schedule = StepSchedule(
-        recipe.learning_rate * scale,
+        rate,
         boundaries=[round(fraction * total) for fraction in recipe.boundaries],
-        warmup_steps=math.ceil(recipe.warmup * total),
-        warmup_rate=recipe.warmup_rate * scale,
+        warmup_steps=warmup_steps(recipe, settings["warmup_epochs"], epochs, steps_per_epoch),
+        warmup_rate=rate * (recipe.warmup_rate / recipe.learning_rate),
     )
     return TorchSGD(
         schedule,
-        momentum=recipe.momentum,
-        nesterov=recipe.nesterov,
-        coupled_weight_decay=recipe.weight_decay,
+        momentum=settings["momentum"],
+        nesterov=settings["nesterov"],
+        coupled_weight_decay=settings["weight_decay"],
     )
+
+
+def warmup_steps(recipe, warmup_epochs, epochs, steps_per_epoch):
+    """The steps at the warm-up rate: `warmup_epochs` of them, or with None the recipe's share
+    of the run's `epochs` (a step begun is a step at the warm-up rate)."""
+    if warmup_epochs is None:
+        return math.ceil(recipe.warmup * epochs * steps_per_epoch)
+    return math.ceil(warmup_epochs * steps_per_epoch)
+
+
+def optimizer_settings(recipe, epochs, **given):
+    """The recipe's numbers for a run of `epochs`, each replaced by a `given` one that is not
+    None, and checked: the `OPTIMIZER_SETTINGS` of `RunConfig`.
+
+    `learning_rate` is the rate at the recipe's batch size; `warmup_epochs` the epochs (a
+    fraction allowed) at the recipe's warm-up rate, None for the recipe's share of the run
+    (which follows the run's epochs: `warmup_steps`).
+
+    >>> optimizer_settings(choices.RECIPES["paper"], epochs=32, momentum=0.8)
+    {'learning_rate': 0.1, 'weight_decay': 0.0001, 'momentum': 0.8, 'nesterov': False, 'warmup_epochs': None}
+    """
+    unknown = sorted(set(given) - set(OPTIMIZER_SETTINGS))
+    if unknown:
+        raise ValueError(f"Unknown optimizer setting(s) {', '.join(unknown)}; valid: {', '.join(OPTIMIZER_SETTINGS)}.")
+    own = {"learning_rate": recipe.learning_rate, "weight_decay": recipe.weight_decay, "momentum": recipe.momentum,
+           "nesterov": recipe.nesterov, "warmup_epochs": None}
+    values = {name: own[name] if given.get(name) is None else given[name] for name in OPTIMIZER_SETTINGS}
+    warmup = values["warmup_epochs"]
+    if warmup is not None:
+        warmup = choices.check_number("warmup_epochs", warmup, 0, epochs, high_open=True)
+    if warmup and recipe.warmup_rate == recipe.learning_rate:
+        raise ValueError(
+            f"warmup_epochs={warmup:g} needs a warm-up rate, and this recipe has none (it starts at its full "
+            "rate): use a recipe with a warm-up (e.g. recipe='paper'), or leave warmup_epochs unset."
+        )
+    return {
+        "learning_rate": check_positive("learning_rate", values["learning_rate"]),
+        "weight_decay": check_decay("weight_decay", values["weight_decay"]),
+        "momentum": check_momentum("momentum", values["momentum"]),
+        "nesterov": choices.check_flag("nesterov", values["nesterov"]),
+        "warmup_epochs": warmup,
+    }
+
+
+def check_positive(argument, value):
+    """A finite number above 0, as a float; a ValueError otherwise."""
+    if choices.check_number(argument, value) <= 0:
+        raise ValueError(f"{argument} must be a positive number, got {value!r}.")
+    return float(value)
+
+
+def check_decay(argument, value):
+    """A finite number of at least 0, as a float; a ValueError otherwise."""
+    if choices.check_number(argument, value) < 0:
+        raise ValueError(f"{argument} must be >= 0, got {value!r}.")
+    return float(value)
+
+
+def check_momentum(argument, value):
+    return choices.check_number(argument, value, 0, 1, high_open=True)

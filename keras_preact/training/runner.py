@@ -5,6 +5,9 @@
 a restarted run resumes from it), `history.csv`, TensorBoard `logs/` (tf.data pipeline), and at
 the end `model.weights.h5`, `results.json` and `curves.png`. The input pipeline is chosen by
 `pipelines` and imported only when chosen: on the device pipeline nothing imports TensorFlow.
+
+The run is six named stages: `prepare` (resolve, check and load; nothing written), `restore`
+(the checkpoint, if any: the first epoch), `train`, `evaluate`, `export` and `report`.
 """
 
 import contextlib
@@ -25,7 +28,7 @@ from keras_preact.serving.saved_model import export_saved_model
 from keras_preact.training import custom_loop, distribute, pipelines
 from keras_preact.training.callbacks import Checkpoint, StopOnNaN, Throughput
 from keras_preact.training.config import RunConfig, build_model, write_json
-from keras_preact.training.recipe import make_optimizer
+from keras_preact.training.recipe import make_optimizer, warmup_steps
 from keras_preact.training.report import plot_curves, read_history
 
 log = logging.getLogger("keras_preact")
@@ -37,32 +40,62 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
+def run(config, train_split=None, test_split=None, export_dir=None, verbose=1, callbacks=None):
     """Trains, evaluates and returns the results dict (also written to `model_dir/results.json`);
     in a multi-process run, the chief returns it and the other processes return None.
 
-    `train_split`/`test_split` (`sources.Split`, e.g. from `sources.from_arrays`) replace the
-    dataset source when given. With `export_dir`, the trained model is exported there as a TF
-    Serving SavedModel (`export_saved_model`, next free version).
+    `config`: a `RunConfig`, resolved here, or the `ResolvedRunConfig` its `resolved()` returned
+    (taken as it is). `train_split`/`test_split` (`sources.Split`, e.g. from `sources.from_arrays`)
+    replace the dataset source when given. With `export_dir`, the trained model is exported there
+    as a TF Serving SavedModel (`export_saved_model`, next free version). `callbacks`: Keras
+    callbacks called as the run trains, on every backend and engine (after the run's own).
     """
     started = time.perf_counter()
-    config = config.resolved()
-    if keras.config.image_data_format() != "channels_last":
-        raise ValueError(
-            "training.run feeds channels-last batches (height, width, channels), but Keras' image_data_format "
-            "is 'channels_first': set it to 'channels_last' (keras.config.set_image_data_format or "
-            "~/.keras/keras.json) for training; the trained weights load into a channels-first model too."
-        )
+    prepared = prepare(config, train_split, test_split, export_dir, callbacks, verbose)
+    with _own_folder(prepared.config.model_dir, prepared.placement.is_chief) as folder:
+        model = _compiled_model(prepared)
+        first_epoch = restore(model, prepared.config.model_dir, prepared.plan.steps)
+        _record_start(prepared, first_epoch)
+        engine = _custom_loop_engine(model, prepared.placement, prepared.plan.batch_size)
+        test_data = _test_batches(prepared)
+        rate = train(model, engine, prepared, first_epoch, test_data, folder)
+        accuracy = evaluate(model, engine, test_data)
+        model.save_weights(os.path.join(folder, "model.weights.h5"))
+        exported = export(model, prepared, folder, export_dir)
+    if not prepared.placement.is_chief:
+        return None
+    return report(prepared, model, first_epoch, {"accuracy": accuracy, "rate": rate, "started": started}, exported)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedRun:
+    """What the stages of a run share: its resolved configuration (the pipeline that runs named),
+    where it runs, its data and the plan of its batches."""
+
+    config: RunConfig
+    placement: distribute.Placement
+    pipeline: pipelines.InputPipeline
+    train_split: object
+    test_split: object
+    plan: pipelines.BatchPlan
+    class_names: list
+    callbacks: list
+    verbose: int
+
+    @property
+    def info(self):
+        return choices.DATASETS[self.config.dataset]
+
+
+def prepare(config, train_split, test_split, export_dir, callbacks, verbose):
+    """Everything checked and loaded before the run claims `model_dir`: a bad value fails here,
+    with nothing written."""
+    config = config.resolved()  # a ResolvedRunConfig is itself
+    callbacks = _check_callbacks(callbacks)
+    _check_environment(export_dir)
     # "auto" resolved before the run is claimed: config.json names the pipeline that ran, and a
     # resume on another one (other random draws) is refused.
     config = dataclasses.replace(config, input_pipeline=pipelines.resolve(config.input_pipeline))
-    if export_dir is not None:
-        check_export_dir(export_dir)  # before hours of training, not after
-        if not pipelines.tensorflow_installed():
-            raise ValueError(
-                "export_dir needs TensorFlow (a SavedModel), which is not installed here. Train without "
-                "export_dir and export the run later with `python -m keras_preact.export` where TensorFlow is."
-            )
     # First, before TensorFlow runs any op: multi-worker collectives are configured at start-up.
     placement = distribute.place(config.strategy)
     _check_model_dir(config)
@@ -72,53 +105,95 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     if train_split is None or test_split is None:
         train_split, test_split = pipeline.load(config.dataset, config.data_dir)
     train_split = train_split.subset(config.train_subset)
-    if config.batch_size % placement.replicas:
-        raise ValueError(f"batch_size={config.batch_size} must divide evenly over {placement.replicas} replicas.")
-    last_test_batch = len(test_split) % config.batch_size
-    if keras.backend.backend() == "jax" and placement.replicas > 1 and last_test_batch % placement.replicas:
-        # JAX shards every batch over the devices evenly (TensorFlow's strategies pad, torch
-        # processes evaluate their own share): refused now rather than after the first epoch.
-        raise ValueError(
-            f"The test set's last batch of {last_test_batch} images ({len(test_split)} images in batches of "
-            f"{config.batch_size}) does not split over {placement.replicas} devices on JAX: pick a batch_size "
-            f"whose remainder is a multiple of {placement.replicas}, e.g. one that divides {len(test_split)}."
-        )
-    steps_per_epoch = len(train_split) // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"The training split has {len(train_split)} images, fewer than one batch of {config.batch_size}.")
+    plan = pipelines.BatchPlan(len(train_split), config.batch_size, config.epochs, placement.replicas, placement.data_shard)
+    _check_test_split(len(test_split), plan)
     log.info(
         "%s: depth %d %s, %s recipe, %d epochs x %d steps of %d images, %s",
-        config.dataset, config.depth, config.block, config.recipe, config.epochs, steps_per_epoch,
+        config.dataset, config.depth, config.block, config.recipe, config.epochs, plan.steps,
         config.batch_size, placement.description,
     )
-
     class_names = _class_names(config, train_split, test_split)
-    with _own_folder(config.model_dir, placement.is_chief) as folder:
-        model = _compiled_model(config, placement, steps_per_epoch)
-        first_epoch = _restore(model, os.path.join(config.model_dir, CHECKPOINT), steps_per_epoch)
-        if placement.is_chief:  # only the chief writes the run's files; none before its data loaded
-            config.save(os.path.join(config.model_dir, "config.json"))
-            write_json(os.path.join(config.model_dir, "class_names.json"), {"class_names": class_names})
-            _trim_history(os.path.join(config.model_dir, "history.csv"), first_epoch)
-        # torch processes evaluate their own share of the test set, TensorFlow's strategies split
-        # it themselves; JAX processes each feed all of it (the global batch holds it per process).
-        test_split = test_split.shard(*placement.data_shard) if placement.strategy is None and placement.custom_loop else test_split
-        test_data = pipeline.eval_dataset(test_split, choices.DATASETS[config.dataset], config.batch_size)
-        engine = _custom_loop_engine(model, placement, config.batch_size)
-        rate = _train(model, engine, pipeline, config, placement, train_split, test_data, first_epoch, steps_per_epoch,
-                      folder, verbose)
-        if engine is not None:
-            accuracy = float(custom_loop.evaluate(engine, test_data)[1])
-        else:
-            accuracy = float(model.evaluate(test_data, verbose=0)[1])
-        model.save_weights(os.path.join(folder, "model.weights.h5"))
-        exported = None
-        if export_dir is not None:
-            target = export_dir if placement.is_chief else os.path.join(folder, "export")
-            exported = export_saved_model(model, target, config.dataset, version=next_version(target), class_names=class_names)
-    if not placement.is_chief:
-        return None
+    return PreparedRun(config, placement, pipeline, train_split, test_split, plan, class_names, callbacks, verbose)
 
+
+def _check_environment(export_dir):
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "training.run feeds channels-last batches (height, width, channels), but Keras' image_data_format "
+            "is 'channels_first': set it to 'channels_last' (keras.config.set_image_data_format or "
+            "~/.keras/keras.json) for training; the trained weights load into a channels-first model too."
+        )
+    if export_dir is not None:
+        check_export_dir(export_dir)  # before hours of training, not after
+        if not pipelines.tensorflow_installed():
+            raise ValueError(
+                "export_dir needs TensorFlow (a SavedModel), which is not installed here. Train without "
+                "export_dir and export the run later with `python -m keras_preact.export` where TensorFlow is."
+            )
+
+
+def _check_callbacks(callbacks):
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, keras.callbacks.Callback):
+        callbacks = [callbacks]
+    if not isinstance(callbacks, (list, tuple)) or not all(isinstance(c, keras.callbacks.Callback) for c in callbacks):
+        raise ValueError(f"callbacks must be a list of keras.callbacks.Callback instances, got {callbacks!r}.")
+    return list(callbacks)
+
+
+def _check_test_split(images, plan):
+    """JAX shards every batch over the devices evenly (TensorFlow's strategies pad, torch
+    processes evaluate their own share): a last test batch that cannot split is refused now
+    rather than after the first epoch."""
+    last = images % plan.batch_size
+    if keras.backend.backend() == "jax" and plan.replicas > 1 and last % plan.replicas:
+        raise ValueError(
+            f"The test set's last batch of {last} images ({images} images in batches of "
+            f"{plan.batch_size}) does not split over {plan.replicas} devices on JAX: pick a batch_size "
+            f"whose remainder is a multiple of {plan.replicas}, e.g. one that divides {images}."
+        )
+
+
+def _record_start(prepared, first_epoch):
+    """The chief writes the run's files (none before its data loaded): config.json, the class
+    names, and history.csv trimmed to the epochs the checkpoint holds."""
+    if prepared.placement.is_chief:
+        model_dir = prepared.config.model_dir
+        prepared.config.save(os.path.join(model_dir, "config.json"))
+        write_json(os.path.join(model_dir, "class_names.json"), {"class_names": prepared.class_names})
+        _trim_history(os.path.join(model_dir, "history.csv"), first_epoch)
+
+
+def _test_batches(prepared):
+    # torch processes evaluate their own share of the test set, TensorFlow's strategies split
+    # it themselves; JAX processes each feed all of it (the global batch holds it per process).
+    placement, test_split = prepared.placement, prepared.test_split
+    if placement.strategy is None and placement.custom_loop:
+        test_split = test_split.shard(*placement.data_shard)
+    return prepared.pipeline.eval_batches(test_split, prepared.info, prepared.config.batch_size)
+
+
+def evaluate(model, engine, test_data):
+    """The test accuracy of the trained model (every process's share, on the custom loop)."""
+    if engine is not None:
+        return float(custom_loop.evaluate(engine, test_data)[1])
+    return float(model.evaluate(test_data, verbose=0)[1])
+
+
+def export(model, prepared, folder, export_dir):
+    """The SavedModel export's summary, or None without `export_dir`. Every process exports (a
+    collective on JAX); the others into their scratch folder."""
+    if export_dir is None:
+        return None
+    target = export_dir if prepared.placement.is_chief else os.path.join(folder, "export")
+    config = prepared.config
+    return export_saved_model(model, target, config.dataset, version=next_version(target), class_names=prepared.class_names)
+
+
+def report(prepared, model, first_epoch, measured, exported):
+    """Writes results.json and curves.png; returns the results."""
+    config, placement = prepared.config, prepared.placement
     results = {
         "dataset": config.dataset,
         "depth": config.depth,
@@ -127,31 +202,30 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         "backend": keras.backend.backend(),
         "epochs": config.epochs,
         "batch_size": config.batch_size,
-        "train_images": len(train_split),
+        **config.optimizer_settings,
+        "warmup_epochs": warmup_steps(choices.RECIPES[config.recipe], config.warmup_epochs, config.epochs, prepared.plan.steps)
+        / prepared.plan.steps,  # the warm-up the run had
+        "train_images": len(prepared.train_split),
         "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "replicas": placement.replicas,
         "processes": placement.processes,
         "batch_norm": config.batch_norm,
         "placement": placement.description,
         "input_pipeline": config.input_pipeline,
-        "test_error": round(100.0 * (1.0 - accuracy), 3),
-        "test_accuracy": accuracy,
-        "train_images_per_second": round(rate, 1),
-        "wall_seconds": round(time.perf_counter() - started, 1),
+        "test_error": round(100.0 * (1.0 - measured["accuracy"]), 3),
+        "test_accuracy": measured["accuracy"],
+        "train_images_per_second": round(measured["rate"], 1),
+        "wall_seconds": round(time.perf_counter() - measured["started"], 1),
         **_earlier_training(config.model_dir, first_epoch, config.epochs),
         "parameters": model.count_params(),
         "model_options": config.model_options,
-        "class_names": class_names,
+        "class_names": prepared.class_names,
         "machine": runtime.describe(),
+        **({"export": exported} if exported else {}),
     }
-    if exported:
-        results["export"] = exported
     write_json(os.path.join(config.model_dir, "results.json"), results)
-    plot_curves(
-        read_history(os.path.join(config.model_dir, "history.csv")),
-        os.path.join(config.model_dir, "curves.png"),
-        title=f"{config.dataset} ResNet-{config.depth} ({config.block})",
-    )
+    title = f"{config.dataset} ResNet-{config.depth} ({config.block})"
+    plot_curves(read_history(os.path.join(config.model_dir, "history.csv")), os.path.join(config.model_dir, "curves.png"), title=title)
     log.info("Test error %.2f%% after %d epochs; results in %s", results["test_error"], config.epochs, config.model_dir)
     return results
 
@@ -170,11 +244,15 @@ def _own_folder(model_dir, chief):
             yield scratch
 
 
-def _compiled_model(config, placement, steps_per_epoch):
+def _compiled_model(prepared):
+    config, placement = prepared.config, prepared.placement
     with placement.scope():
         model = build_model(config, batch_norm_options=distribute.batch_norm_options(config.batch_norm, placement))
         model.compile(  # a mixed_float16 model gets Keras' loss scaling here
-            optimizer=make_optimizer(choices.RECIPES[config.recipe], steps_per_epoch, config.epochs, config.batch_size),
+            optimizer=make_optimizer(
+                choices.RECIPES[config.recipe], prepared.plan.steps, config.epochs, config.batch_size,
+                config.optimizer_settings,
+            ),
             loss=keras.losses.SparseCategoricalCrossentropy(),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
@@ -191,31 +269,27 @@ def _custom_loop_engine(model, placement, global_batch):
     return custom_loop.TorchProcesses(model)
 
 
-def _train(model, engine, pipeline, config, placement, train_split, test_data, first_epoch, steps_per_epoch, folder,
-           verbose):
-    """Trains the remaining epochs; returns the training images/s."""
-    checkpoint = os.path.join(folder, CHECKPOINT)
+def train(model, engine, prepared, first_epoch, test_data, folder):
+    """Trains the remaining epochs (fit, or the custom loop's `engine`); returns the training images/s."""
+    config, plan = prepared.config, prepared.plan
     nan_guard, throughput = StopOnNaN(), Throughput(config.batch_size)
-    callbacks = [nan_guard, throughput]
-    if placement.is_chief:
+    callbacks = [nan_guard, throughput, *prepared.callbacks]
+    if prepared.placement.is_chief:
         callbacks += [keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=True), *_tensorboard(config, folder)]
     # Last: a kill between the epoch's row and its checkpoint leaves a row the resume trims and
     # writes again; the other order would lose the row.
-    callbacks.append(Checkpoint(checkpoint))
+    callbacks.append(Checkpoint(os.path.join(folder, CHECKPOINT)))
     if first_epoch < config.epochs:
-        info = choices.DATASETS[config.dataset]
-        train_data = pipeline.train_dataset(
-            train_split, info, config.batch_size, config.seed, config.epochs, first_epoch, placement.data_shard
-        )
-        verbose = verbose if placement.is_chief else 0
+        train_data = prepared.pipeline.train_batches(prepared.train_split, prepared.info, plan, config.seed, first_epoch)
+        verbose = prepared.verbose if prepared.placement.is_chief else 0
         if engine is not None:
-            custom_loop.fit(model, engine, train_data, config.epochs, first_epoch, steps_per_epoch, test_data, callbacks, verbose)
+            custom_loop.fit(model, engine, train_data, plan, first_epoch, test_data, callbacks, verbose)
         else:
             model.fit(
                 train_data,
                 epochs=config.epochs,
                 initial_epoch=first_epoch,
-                steps_per_epoch=steps_per_epoch,
+                steps_per_epoch=plan.steps,
                 validation_data=test_data,
                 shuffle=False,  # the pipeline shuffles, per (seed, epoch)
                 callbacks=callbacks,
@@ -330,8 +404,10 @@ def _earlier_training(model_dir, first_epoch, epochs):
         return {}
 
 
-def _restore(model, checkpoint, steps_per_epoch):
-    """Loads the checkpoint if there is one; returns the number of finished epochs."""
+def restore(model, model_dir, steps_per_epoch):
+    """Loads `model_dir`'s checkpoint (model and optimizer) into `model` if there is one; returns
+    the first epoch to train: the number of epochs it finished, 0 without a checkpoint."""
+    checkpoint = os.path.join(model_dir, CHECKPOINT)
     if not os.path.exists(checkpoint):
         return 0
     load_weights(model, checkpoint, "this run's model (remove the file to start the run afresh)")
