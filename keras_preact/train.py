@@ -106,19 +106,27 @@ def parser(prog=None, description=None, export=True, **defaults):
     setup.add_argument("--num_processes", type=int, help="JAX processes in the run (default: $KERAS_DISTRIBUTION_NUM_PROCESSES)")
     setup.add_argument("--process_id", type=int, help="this JAX process's index (default: $KERAS_DISTRIBUTION_PROCESS_ID)")
     setup.add_argument("--verbosity", choices=VERBOSITIES, default="info",
-                       help="the least severe log lines shown; TensorFlow's C++ log follows $TF_CPP_MIN_LOG_LEVEL, "
-                            "read when TensorFlow loads (default: %(default)s)")
+                       help="the least severe log lines shown (TensorFlow's Python log: warnings, or all at debug); "
+                            "TensorFlow's C++ log follows $TF_CPP_MIN_LOG_LEVEL, read when TensorFlow loads (default: %(default)s)")
     if export:
         setup.add_argument("--export_dir", help="export a SavedModel for TF Serving here at the end (default: no export)")
     return result
 
 
+def set_log_levels(verbosity):
+    """The root logger at `verbosity`; TensorFlow's and absl's Python loggers at warnings (their INFO
+    lines, such as an export's "Assets written to ...", only at debug)."""
+    level = getattr(logging, verbosity.upper())
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
+    logging.root.setLevel(level)
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(level if level == logging.DEBUG else max(level, logging.WARNING))
+
+
 def prepare(args):
     """Sets the log level, then, before the backend initialises its devices, joins the other
     processes of a multi-process run and splits the CPU as `--cpu_replicas` asks."""
-    logging.basicConfig(level=args.verbosity.upper(), format="%(asctime)s %(levelname)s %(message)s")
-    for name in ("keras_preact", "tensorflow", "absl"):
-        logging.getLogger(name).setLevel(args.verbosity.upper())
+    set_log_levels(args.verbosity)
     from keras_preact.training import distribute
 
     addresses = ",".join(args.job_addresses) if args.job_addresses else None

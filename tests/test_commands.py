@@ -105,6 +105,24 @@ def test_a_bad_setting_is_one_line_on_stderr(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("verbosity, ours, tensorflows", [("info", "INFO", "WARNING"), ("debug", "DEBUG", "DEBUG"),
+                                                         ("error", "ERROR", "ERROR")])
+def test_verbosity_sets_the_log_levels(verbosity, ours, tensorflows, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging.root, "handlers", [logging.NullHandler()])  # basicConfig adds none then
+    monkeypatch.setattr(logging.root, "level", logging.root.level)
+    saved = {name: logging.getLogger(name).level for name in ("tensorflow", "absl")}
+    try:
+        train.set_log_levels(verbosity)
+        assert logging.getLevelName(logging.root.level) == ours
+        assert logging.getLevelName(logging.getLogger("keras_preact").getEffectiveLevel()) == ours
+        assert {logging.getLevelName(logging.getLogger(name).level) for name in saved} == {tensorflows}
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def test_verbosity_is_a_choice(capsys):
     with pytest.raises(SystemExit):
         train.parser().parse_args(["--verbosity=loud"])
