@@ -82,7 +82,7 @@ train() {
     shift 4
     # shellcheck disable=SC2016
     step "$name" "$cap" "$backend" bash -c '"$0" examples/cifar.py --input_pipeline=device --mixed_precision=bfloat16 \
-        --verbosity=warning --model_dir="$1" "${@:4}" >&2 && "$0" benchmarks/gpu_record.py --model_dir="$1" ${3:+--preset="$3" --out="$2"}' \
+        --verbosity=warning --model_dir="$1" "${@:4}" && "$0" benchmarks/gpu_record.py --model_dir="$1" ${3:+--preset="$3" --out="$2"}' \
         "$python" "$runs/$name" "$out" "$preset" "--data_dir=$data" "$@"
 }
 

@@ -23,8 +23,8 @@ def dry_run(tmp_path, mode, **env):
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(WITHOUT_TENSORFLOW)
     out = tmp_path / "out"
-    environment = dict(os.environ, DRY_RUN="1", OUT=str(out), RUNS_DIR=str(tmp_path / "runs"), PYTHON=sys.executable,
-                       PYTHONPATH=f"{site}:{ROOT}", BUDGET_S="1500", **env)
+    environment = {**os.environ, "DRY_RUN": "1", "OUT": str(out), "RUNS_DIR": str(tmp_path / "runs"), "PYTHON": sys.executable,
+                   "PYTHONPATH": f"{site}:{ROOT}", "BUDGET_S": "1500", **env}
     done = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu.sh"), mode], env=environment,
                           capture_output=True, text=True, timeout=1600)
     lines = [json.loads(line) for line in (out / "gpu_results.jsonl").read_text().splitlines()]
@@ -32,17 +32,18 @@ def dry_run(tmp_path, mode, **env):
     return done, lines, log, out
 
 
-def test_prove_trains_both_backends_and_compares_with_the_best_native_variant(tmp_path):
-    steps = ("train_jax", "train_torch", "native_r164", f"{BACKEND}_r164", "ratios", "torch_r1001_remat")
+def test_prove_trains_and_compares_with_the_best_native_variant(tmp_path):
+    # This backend's training step (the other backend's is the same command): each test run stays short.
+    steps = (f"train_{BACKEND}", "native_r164", f"{BACKEND}_r164", "ratios", "torch_r1001_remat")
     done, lines, log, _ = dry_run(tmp_path, "prove", ONLY=",".join(steps))
     assert done.returncode == 0, done.stderr[-3000:]
     assert [line for line in lines if "error" in line] == []
-    assert [line["step"] for line in lines] == ["train_jax", "train_torch", "native_r164", "native_r164", f"{BACKEND}_r164",
+    assert [line["step"] for line in lines] == [f"train_{BACKEND}", "native_r164", "native_r164", f"{BACKEND}_r164",
                                                 "ratios", "torch_r1001_remat"]
-    jax_run, torch_run, eager, graph, ours, ratios, remat = lines
-    for run, backend in ((jax_run, "jax"), (torch_run, "torch")):  # to results.json: no error after the last step
-        assert run["kind"] == "train" and run["backend"] == backend and run["input_pipeline"] == "device"
-        assert run["epochs"] == 2 and 0 <= run["test_error"] <= 100
+    run, eager, graph, ours, ratios, remat = lines
+    # examples/cifar.py reached results.json: no error after the last step.
+    assert run["kind"] == "train" and run["backend"] == BACKEND and run["input_pipeline"] == "device"
+    assert run["epochs"] == 2 and 0 <= run["test_error"] <= 100
     assert eager["impl"] == "native_torch/eager" and graph["impl"] == "native_torch/cuda_graph"
     assert graph["captured"] is False and graph["note"] == "no CUDA device: ran uncaptured" and graph["setup_seconds"] > 0
     assert ours["impl"] == f"keras_preact/{BACKEND}" and ours["depth"] == 11 and ours["precision"] == "bfloat16"
@@ -51,9 +52,10 @@ def test_prove_trains_both_backends_and_compares_with_the_best_native_variant(tm
     assert ratios[f"{BACKEND}_r164"] == round(ours["images_per_second"] / best["images_per_second"], 3)
     assert remat["remat"] and remat["impl"] == "keras_preact/torch"
     reports = [line for line in log.splitlines() if line.startswith("TENSORFLOW_MODULES")]
-    assert len(reports) == 9 and set(reports) == {"TENSORFLOW_MODULES []"}  # version line, 2 x (run, record), 4 steps
+    assert len(reports) == 7 and set(reports) == {"TENSORFLOW_MODULES []"}  # version line, run and record, 4 steps
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="reproduce trains on JAX whatever the backend; one run is enough")
 def test_reproduce_writes_the_preset_files(tmp_path):
     done, lines, _, out = dry_run(tmp_path, "reproduce")
     assert done.returncode == 0, done.stderr[-3000:]
