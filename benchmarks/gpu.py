@@ -1,13 +1,14 @@
 """Training throughput and peak memory on a GPU: keras_preact on JAX or torch, or native PyTorch.
 
-Synthetic batches already on the device, mixed bfloat16, compiled steps (XLA on JAX,
-`torch.compile` on torch and for the native baseline). keras_preact is timed through `fit` — the
+Synthetic batches already on the device, mixed bfloat16, compiled steps (XLA on JAX; on torch
+Keras' eager by default, `--compile` for `torch.compile`); the native baseline in its variants,
+the step captured as one CUDA graph among them (`native_throughput`). keras_preact is timed through `fit` — the
 path a run takes — with no per-step callback, so Keras dispatches steps without waiting for the
-device. Needs no TensorFlow. `benchmarks/gpu.sh` runs it; it prints one JSON line.
+device. Needs no TensorFlow. `benchmarks/gpu.sh` runs it; it prints one JSON line per measurement.
 
     KERAS_BACKEND=jax python benchmarks/gpu.py --depth=164 --batch=128
     KERAS_BACKEND=torch python benchmarks/gpu.py --depth=1001 --batch=128 --remat
-    python benchmarks/gpu.py --impl=native --depth=164 --batch=128          # channels-last, bf16, compiled
+    python benchmarks/gpu.py --impl=native --depth=164 --batch=128          # channels-last, bf16: eager and CUDA graph
 """
 
 import argparse
@@ -142,46 +143,92 @@ def keras_throughput(args):
 
 
 def native_throughput(args):
+    """Native PyTorch ResNet-164 (channels-last, bf16 autocast), one JSON record per variant in
+    `args.native`: `eager`; `cuda_graph`, the whole step (forward, backward, SGD) captured once with
+    `torch.cuda.CUDAGraph` and replayed on static inputs, as a PyTorch user who cares about launch
+    overhead writes it (~500 layers, launch-bound otherwise); `compiled`, `torch.compile` with
+    mode="reduce-overhead" (inductor kernels, replayed as CUDA graphs). Each reports its setup
+    seconds (first steps, capture or compilation) beside its images/s. Without a CUDA device the
+    graph variants run uncaptured and say so."""
     import torch
 
     from benchmarks.native_torch import PreActResNet
     from keras_preact.choices import default_block
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = PreActResNet(args.depth, default_block(args.depth) == "bottleneck").to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True)
-    forward = torch.compile(model) if args.compile else model
-    x = torch.randn(args.batch, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (args.batch,), device=device)
+    records = []
+    for variant in args.native.split(","):
+        torch.manual_seed(0)
+        model = PreActResNet(args.depth, default_block(args.depth) == "bottleneck").to(device, memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True)
+        forward = torch.compile(model, mode="reduce-overhead") if variant == "compiled" else model
+        x = torch.randn(args.batch, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (args.batch,), device=device)
 
-    def step():
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=args.precision == "bfloat16"):
-            loss = torch.nn.functional.cross_entropy(forward(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        def step():
+            # No autocast weight cache: a captured graph must not hold tensors cast outside it.
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=args.precision == "bfloat16", cache_enabled=False):
+                loss = torch.nn.functional.cross_entropy(forward(x), y)
+            loss.backward()
+            optimizer.step()
 
-    start = time.perf_counter()
-    for _ in range(3):
-        step()
-    _torch_synchronize()
-    first_seconds = time.perf_counter() - start
-    repeats = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        for _ in range(args.steps):
+        def eager_step():
             step()
+            optimizer.zero_grad(set_to_none=True)
+
+        start = time.perf_counter()
+        if variant == "cuda_graph" and device == "cuda":
+            run, captured = _captured(step, eager_step, optimizer), True
+        else:
+            run, captured = eager_step, variant == "compiled" and device == "cuda"
+        for _ in range(3):
+            run()
         _torch_synchronize()
-        repeats.append((time.perf_counter() - start) / args.steps)
-    seconds = statistics.median(repeats)
-    return {"impl": "native_torch", "first_epoch_seconds": first_seconds, "step_ms": 1000 * seconds,
-            "images_per_second": args.batch / seconds, "peak_gib": _torch_peak_memory_gib(),
-            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+        setup_seconds = time.perf_counter() - start
+        seconds = _median_step_seconds(run, args.steps, args.repeats)
+        records.append({"impl": f"native_torch/{variant}", "captured": captured, "setup_seconds": setup_seconds,
+                        "step_ms": 1000 * seconds, "images_per_second": args.batch / seconds,
+                        "peak_gib": _torch_peak_memory_gib(),
+                        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                        **({} if captured or variant == "eager" else {"note": "no CUDA device: ran uncaptured"})})
+    return records
+
+
+def _captured(step, eager_step, optimizer):
+    """`step` captured as one CUDA graph, its replay returned. PyTorch's recipe for whole-network
+    capture: warm-up steps on a side stream (the optimizer's state exists before capture), then the
+    gradients set to None, so that the captured backward writes them afresh at each replay."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            eager_step()
+    torch.cuda.current_stream().wait_stream(stream)
+    optimizer.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def _median_step_seconds(run, steps, repeats):
+    repeats_seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            run()
+        _torch_synchronize()
+        repeats_seconds.append((time.perf_counter() - start) / steps)
+    return statistics.median(repeats_seconds)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--impl", choices=["keras", "native"], default="keras")
+    parser.add_argument("--native", default="eager,cuda_graph",
+                        help="native variants, comma-separated: eager, cuda_graph, compiled (torch.compile reduce-overhead)")
     parser.add_argument("--depth", type=int, default=164)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per repeat")
@@ -189,11 +236,15 @@ def main():
     parser.add_argument("--remat", action="store_true", help="keras_preact only: recompute each unit in the backward pass")
     parser.add_argument("--precision", choices=["none", "bfloat16"], default="bfloat16")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="XLA on JAX, torch.compile on torch and for the native baseline")
+                        help="keras_preact: XLA on JAX, torch.compile on torch")
     args = parser.parse_args()
-    result = native_throughput(args) if args.impl == "native" else keras_throughput(args)
-    config = {"depth": args.depth, "batch": args.batch, "remat": args.remat, "precision": args.precision, "compile": args.compile}
-    print(json.dumps({"kind": "throughput", **config, **result}), flush=True)
+    config = {"depth": args.depth, "batch": args.batch, "precision": args.precision}
+    if args.impl == "native":
+        records = native_throughput(args)
+    else:
+        records = [{"remat": args.remat, "compile": args.compile, **keras_throughput(args)}]
+    for record in records:
+        print(json.dumps({"kind": "throughput", **config, **record}), flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ Every setting is an environment variable the user may set themselves; theirs alw
   VNNI/BF16 or AMX. Without them (AVX2 machines such as AMD EPYC) it trains 2.8x slower (measured:
   ResNet-20, one CIFAR-10 epoch, 683 s vs 241 s) and cannot train channels-first convolutions at all.
   The variable is read once, when TensorFlow is imported.
+- **TensorFlow's C++ log.** `TF_CPP_MIN_LOG_LEVEL=2` (errors only), so that commands do not open
+  with TensorFlow's INFO and WARNING lines. Like oneDNN's, it is read when TensorFlow loads.
+  (TensorFlow 2.21 writes a few lines at import before its logging starts, whatever the level.)
 - **Threads.** Intra-op thread pools of TensorFlow, PyTorch (OpenMP) and XLA sized to
   `os.sched_getaffinity`, not to the machine's core count: a process pinned to 2 of 64 cores
   must not start 64 threads per pool.
@@ -19,6 +22,7 @@ import sys
 import warnings
 
 ONEDNN = "TF_ENABLE_ONEDNN_OPTS"
+TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
 
 
 def cpus():
@@ -75,7 +79,7 @@ def describe():
 
 def configure():
     """Applies the settings above; warns once where TensorFlow was imported too early for them."""
-    for name, value in thread_settings().items():
+    for name, value in {**thread_settings(), TF_LOG_LEVEL: "2"}.items():
         os.environ.setdefault(name, value)
     if ONEDNN in os.environ:
         return  # the user's choice, "0" included

@@ -1,4 +1,4 @@
-"""Fixtures shared by the test files."""
+"""Fixtures shared by the test files, and the split between the quick and the full suite."""
 
 import os
 import shutil
@@ -6,6 +6,35 @@ import shutil
 import pytest
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "data", "cifar10-sample")
+
+# The full suite's own tests (marker `full`; the quick command is `pytest -m "not full"`): several
+# processes, processes killed and restarted, the GPU script's dry runs and the benchmark harness.
+# A file name marks the whole file, "file::test" one test (all its parameters).
+FULL_SUITE = (
+    "test_distributed.py",
+    "test_gpu_benchmarks.py",
+    "test_benchmarks.py",
+    "test_train.py::test_kill_and_resume",
+    "test_train.py::test_a_resumed_run_equals_the_uninterrupted_run",
+    "test_device_data.py::test_a_run_on_the_sample_folder_learns_without_tensorflow_and_resumes_bit_for_bit",
+    "test_device_data.py::test_two_processes_with_the_device_pipeline_train_like_one",
+    "test_export.py::test_kill_during_export_never_leaves_a_version_that_cannot_be_served",
+)
+
+
+def _in_full_suite(item, entry):
+    file, _, test = entry.partition("::")
+    return item.path.name == file and (not test or item.originalname == test)
+
+
+def pytest_collection_modifyitems(config, items):
+    collected_files = {item.path.name for item in items}
+    for entry in FULL_SUITE:
+        marked = [item for item in items if _in_full_suite(item, entry)]
+        if entry.partition("::")[0] in collected_files and not marked:
+            raise pytest.UsageError(f"tests/conftest.py FULL_SUITE names {entry!r}, which is no test: update the list.")
+        for item in marked:
+            item.add_marker(pytest.mark.full)
 
 
 @pytest.fixture

@@ -25,6 +25,11 @@ def test_import_turns_onednn_on_unless_the_user_chose():
     assert settings_after_import({runtime.ONEDNN: "0"}, runtime.ONEDNN) == {runtime.ONEDNN: "0"}
 
 
+def test_tensorflow_logs_errors_only_unless_the_user_chose():
+    assert settings_after_import({runtime.TF_LOG_LEVEL: None}, runtime.TF_LOG_LEVEL) == {runtime.TF_LOG_LEVEL: "2"}
+    assert settings_after_import({runtime.TF_LOG_LEVEL: "0"}, runtime.TF_LOG_LEVEL) == {runtime.TF_LOG_LEVEL: "0"}
+
+
 def test_threads_follow_the_cpus_this_process_may_use():
     found = settings_after_import({"OMP_NUM_THREADS": None, "TF_NUM_INTRAOP_THREADS": None}, "OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
     assert found == {"OMP_NUM_THREADS": str(len(os.sched_getaffinity(0))), "TF_NUM_INTRAOP_THREADS": str(len(os.sched_getaffinity(0)))}
