@@ -24,14 +24,14 @@ TFDS_DOWNLOAD_HOST = ("www.cs.toronto.edu", 443)  # where TFDS fetches CIFAR-10/
 # --- sources ----------------------------------------------------------------------------------
 
 
-def load(name, data_dir=None):
-    """Loads `name` ("cifar10" or "cifar100") as (train, test) Splits.
+def load(name, data_dir=None, reading=None):
+    """Loads `name` ("cifar10", "cifar100" or "folder") as (train, test) Splits.
 
     `data_dir` holding `train/<class>/*` and `test/<class>/*` is read as an image folder
-    (`sources.read_image_folder`); any other `data_dir` (or None) is TFDS's data directory, which
-    downloads when online.
+    (`sources.read_image_folder`, as `reading` says); any other `data_dir` (or None) is TFDS's
+    data directory, which downloads when online.
     """
-    return sources.load(name, data_dir, other_source=load_tfds)
+    return sources.load(name, data_dir, other_source=load_tfds, reading=reading)
 
 
 def load_tfds(name, data_dir=None):
@@ -115,13 +115,17 @@ def epoch_order(seed, epoch, size):
     return tf.argsort(tf.random.stateless_uniform([size], seed=epoch_key(seed, epoch)), stable=True)
 
 
-def train_dataset(split, info, batch_size, seed=0, epochs=1, first_epoch=0, process=(0, 1)):
+def train_dataset(split, info, batch_size, seed=0, epochs=1, first_epoch=0, process=(0, 1), augment_example=None):
     """Shuffled and augmented batches of epochs `first_epoch` … `epochs - 1`, one after another.
 
     Each epoch drops the last partial global batch. `process=(index, count)`: this process's
     slice of every global batch of `batch_size` (batch_size / count examples), so that `count`
-    processes together see exactly the batches one process would.
+    processes together see exactly the batches one process would. `augment_example(image, seed)`:
+    a uint8 image and its [2] seed to the normalised, augmented float32 image; None: the paper's
+    (`augment`).
     """
+    if augment_example is None:
+        augment_example = lambda image, seed: augment(normalize(image, info), seed)  # noqa: E731
     index, count = process
     if batch_size % count:
         raise ValueError(f"batch_size={batch_size} must divide evenly over {count} processes.")
@@ -137,7 +141,7 @@ def train_dataset(split, info, batch_size, seed=0, epochs=1, first_epoch=0, proc
 
     def example(position, epoch):
         key = tf.random.experimental.stateless_fold_in(epoch_key(seed, epoch), tf.cast(position, tf.int64))
-        return augment(normalize(tf.gather(images, position), info), key), tf.gather(labels, position)
+        return augment_example(tf.gather(images, position), key), tf.gather(labels, position)
 
     dataset = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_examples)
     dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -28,9 +28,10 @@ from keras_preact.training import sources
 from keras_preact.training.sources import IMAGE_SIZE, PADDING
 
 
-def load(name, data_dir):
-    """(train, test) Splits of an image folder, read without TensorFlow (`sources.load`)."""
-    return sources.load(name, data_dir, other_source=_needs_tensorflow)
+def load(name, data_dir, reading=None):
+    """(train, test) Splits of an image folder, read without TensorFlow (`sources.load`, as
+    `reading` says)."""
+    return sources.load(name, data_dir, other_source=_needs_tensorflow, reading=reading)
 
 
 def _needs_tensorflow(name, data_dir):

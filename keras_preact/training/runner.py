@@ -22,7 +22,7 @@ from keras_preact import choices, runtime
 from keras_preact.model.builders import load_weights
 from keras_preact.serving.layout import check_export_dir, next_version
 from keras_preact.serving.saved_model import export_saved_model
-from keras_preact.training import custom_loop, distribute, pipelines
+from keras_preact.training import custom_loop, distribute, folders, imagenet_augment, pipelines
 from keras_preact.training.callbacks import Checkpoint, StopOnNaN, Throughput
 from keras_preact.training.config import RunConfig, build_model, write_json
 from keras_preact.training.recipe import make_optimizer
@@ -70,8 +70,10 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     pipeline = pipelines.get(config.input_pipeline)
     log.info("Input pipeline: %s (%s)", config.input_pipeline, choices.INPUT_PIPELINES[config.input_pipeline])
     if train_split is None or test_split is None:
-        train_split, test_split = pipeline.load(config.dataset, config.data_dir)
+        train_split, test_split = pipeline.load(config.dataset, config.data_dir, folders.reading(config, verbose))
     train_split = train_split.subset(config.train_subset)
+    config = folders.complete(config, train_split)  # a folder's classes and normalisation
+    _check_model_dir(config)
     if config.batch_size % placement.replicas:
         raise ValueError(f"batch_size={config.batch_size} must divide evenly over {placement.replicas} replicas.")
     last_test_batch = len(test_split) % config.batch_size
@@ -103,7 +105,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         # torch processes evaluate their own share of the test set, TensorFlow's strategies split
         # it themselves; JAX processes each feed all of it (the global batch holds it per process).
         test_split = test_split.shard(*placement.data_shard) if placement.strategy is None and placement.custom_loop else test_split
-        test_data = pipeline.eval_dataset(test_split, choices.DATASETS[config.dataset], config.batch_size)
+        test_data = pipeline.eval_dataset(test_split, config.dataset_record(), config.batch_size)
         engine = _custom_loop_engine(model, placement, config.batch_size)
         rate = _train(model, engine, pipeline, config, placement, train_split, test_data, first_epoch, steps_per_epoch,
                       folder, verbose)
@@ -115,7 +117,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
         exported = None
         if export_dir is not None:
             target = export_dir if placement.is_chief else os.path.join(folder, "export")
-            exported = export_saved_model(model, target, config.dataset, version=next_version(target), class_names=class_names)
+            exported = export_saved_model(model, target, config.dataset_record(), version=next_version(target), class_names=class_names)
     if not placement.is_chief:
         return None
 
@@ -203,8 +205,11 @@ def _train(model, engine, pipeline, config, placement, train_split, test_data, f
     # writes again; the other order would lose the row.
     callbacks.append(Checkpoint(checkpoint))
     if first_epoch < config.epochs:
-        info = choices.DATASETS[config.dataset]
-        train_data = pipeline.train_dataset(
+        info = config.dataset_record()
+        train_dataset = pipeline.train_dataset
+        if choices.RECIPES[config.recipe].augmentation == "imagenet":
+            train_dataset = imagenet_augment.train_dataset_of(pipeline)
+        train_data = train_dataset(
             train_split, info, config.batch_size, config.seed, config.epochs, first_epoch, placement.data_shard
         )
         verbose = verbose if placement.is_chief else 0
@@ -251,7 +256,9 @@ def _check_model_dir(config):
         # Where the folder is, or how its data folder is spelled, does not make it another run.
         for values in (previous, now):
             values["data_dir"] = values["data_dir"] and os.path.realpath(values["data_dir"])
-        differences = [key for key in now if key != "model_dir" and previous[key] != now[key]]
+        # What the data fills in (a folder's classes and normalisation) is compared once it has.
+        differences = [key for key in now if key != "model_dir" and previous[key] != now[key]
+                       and not (key in folders.FROM_DATA and now[key] is None)]
         if differences:
             raise ValueError(
                 f"{config.model_dir} holds a run with other settings ("
@@ -263,12 +270,13 @@ def _check_model_dir(config):
 def _class_names(config, train_split, test_split):
     """The names of the classes the model will output; a folder of another dataset is refused
     before training, not at export."""
-    dataset = choices.DATASETS[config.dataset]
-    names = list(train_split.class_names or dataset.class_names)
+    dataset = config.dataset_record()
+    names = list(train_split.class_names or dataset.class_names or map(str, range(dataset.classes)))
     if len(names) != dataset.classes:
         raise ValueError(
             f"The training images have {len(names)} classes ({', '.join(names[:12])}), {config.dataset} has "
-            f"{dataset.classes}: pass the dataset these images belong to, or a folder with one subfolder per class."
+            f"{dataset.classes}: pass the dataset these images belong to (dataset='folder' takes any image folder's classes), "
+            "or a folder with one subfolder per class."
         )
     if test_split.class_names is not None and list(test_split.class_names) != names:
         raise ValueError(
