@@ -30,6 +30,10 @@ def define_training_flags(depth):
     flags.DEFINE_integer("num_processes", None, "JAX processes in the run (default: $KERAS_DISTRIBUTION_NUM_PROCESSES).")
     flags.DEFINE_integer("process_id", None, "This JAX process's index (default: $KERAS_DISTRIBUTION_PROCESS_ID).")
     flags.DEFINE_integer("seed", 0, "Random seed (initialisation, shuffling, augmentation).")
+    flags.DEFINE_enum("stem", None, choices.STEMS.names, "Network family: cifar (default) or imagenet (depth 50, 101, 152, 200).")
+    flags.DEFINE_integer("image_size", None, "Side of the images the model takes (default: the recipe's, 32 or 224 for imagenet).")
+    flags.DEFINE_list("normalization", None, "Per-channel mean and std on 0-255 pixels, 6 numbers "
+                      "(default: the dataset's; computed from the training images for --dataset=folder).")
     flags.DEFINE_enum(
         "input_pipeline", "auto", choices.INPUT_PIPELINES.names,
         "tf_data: tf.data on the host (TensorFlow). device: the split on the accelerator, batches made there "
@@ -53,6 +57,12 @@ def run_config(**overrides):
     from keras_preact.training import RunConfig
 
     names = ("dataset", "data_dir", "depth", "block", "recipe", "epochs", "batch_size", "train_subset",
-             "model_dir", "strategy", "mixed_precision", "batch_norm", "seed", "input_pipeline")
+             "model_dir", "strategy", "mixed_precision", "batch_norm", "seed", "input_pipeline", "image_size")
     values = {name: getattr(FLAGS, name) for name in names}
+    values["model_options"] = {"stem": FLAGS.stem} if FLAGS.stem else {}
+    if FLAGS.normalization is not None:
+        numbers = [float(value) for value in FLAGS.normalization]
+        if len(numbers) != 6:
+            raise app.UsageError(f"--normalization takes 6 numbers (3 means, 3 stds), got {len(numbers)}.")
+        values["normalization"] = [numbers[:3], numbers[3:]]
     return RunConfig(**{**values, **overrides}).resolved()

@@ -213,10 +213,10 @@ def _check_image_size(image_size, recipe, name):
 def _check_normalization(normalization):
     """[mean, std] as lists of floats (JSON's form), or the ValueError of `normalization`."""
     try:
-        mean, std = preprocessing.normalization(tuple(normalization))
+        preprocessing.normalization(tuple(normalization))  # three finite numbers each, std positive
     except TypeError:
         raise ValueError(f"normalization must be [mean, std] of three numbers each, got {normalization!r}.") from None
-    return [[float(v) for v in mean], [float(v) for v in std]]
+    return [[float(value) for value in values] for values in normalization]  # float64: the same after JSON
 
 
 def _check_model_options(options, block):
