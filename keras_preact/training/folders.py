@@ -146,8 +146,8 @@ def channel_statistics(images, chunk=1024):
     """Per-channel (mean, std) of uint8 images [N, H, W, 3] on 0-255 pixels, over every pixel, in
     one pass (float64 sums of values and squares, `chunk` images at a time).
 
-    >>> channel_statistics(np.array([[[[0, 10, 20]], [[2, 10, 40]]]], np.uint8))
-    ([1.0, 10.0, 30.0], [1.0, 1.0, 10.0])
+    >>> channel_statistics(np.array([[[[0, 10, 20]], [[2, 12, 40]]]], np.uint8))
+    ([1.0, 11.0, 30.0], [1.0, 1.0, 10.0])
     """
     total, squares = np.zeros(3), np.zeros(3)
     for start in range(0, len(images), chunk):
@@ -160,7 +160,7 @@ def channel_statistics(images, chunk=1024):
     if not (std > 0).all():
         raise ValueError(
             f"The training images have a colour channel without variation (std {std.round(3).tolist()}): "
-            "pass normalization=(mean, std) yourself."
+            "pass normalization=[mean, std] yourself."
         )
     return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]
 
