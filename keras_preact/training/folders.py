@@ -84,20 +84,20 @@ def balanced_indices(labels, count):
     return chosen
 
 
-def stored_view(pixels, reading_, split):
-    """The part of a decoded image [H, W, 3] a run keeps for `split` (see `Reading`): the image
-    itself, or its shorter side resized to `reading_.resize` (Pillow's antialiased bilinear) and
-    its centre square of `reading_.stored_side(split)`."""
-    if reading_.resize is None:
+def stored_view(pixels, how, split):
+    """The part of a decoded image [H, W, 3] a run keeps for `split` (`how`: a `Reading`): the
+    image itself, or its shorter side resized to `how.resize` (Pillow's antialiased bilinear) and
+    its centre square of `how.stored_side(split)`."""
+    if how.resize is None:
         return pixels
     from PIL import Image
 
     height, width = pixels.shape[:2]
-    scale = reading_.resize / min(height, width)
-    size = (max(reading_.resize, round(width * scale)), max(reading_.resize, round(height * scale)))
+    scale = how.resize / min(height, width)
+    size = (max(how.resize, round(width * scale)), max(how.resize, round(height * scale)))
     if size != (width, height):
         pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR))
-    side = reading_.stored_side(split)
+    side = how.stored_side(split)
     top, left = (size[1] - side) // 2, (size[0] - side) // 2
     return pixels[top : top + side, left : left + side]
 

@@ -68,7 +68,8 @@ def parameters(xp, uniforms, normals, side):
     height, width = xp.where(swap, width, height), xp.where(swap, height, width)
     top = xp.floor(uniforms[..., 3 : 5 * ATTEMPTS : 5] * (side - height + 1))
     left = xp.floor(uniforms[..., 4 : 5 * ATTEMPTS : 5] * (side - width + 1))
-    box = [uniforms[..., 0] * 0.0, uniforms[..., 0] * 0.0, uniforms[..., 0] * 0.0 + side, uniforms[..., 0] * 0.0 + side]
+    zero = uniforms[..., 0] * 0.0  # of the draws' shape, in any namespace
+    box = [zero, zero, zero + side, zero + side]
     for attempt in reversed(range(ATTEMPTS)):  # the first try that fits, else the whole image
         fits = (height[..., attempt] <= side) & (width[..., attempt] <= side)
         tried = (top[..., attempt], left[..., attempt], height[..., attempt], width[..., attempt])
@@ -76,7 +77,7 @@ def parameters(xp, uniforms, normals, side):
     extra = uniforms[..., 5 * ATTEMPTS :]
     flip = xp.where(extra[..., 0] < 0.5, 1.0, 0.0)
     order = xp.floor(extra[..., 4] * len(ORDERS))
-    kinds = [extra[..., 0] * 0.0 for _ in range(3)]
+    kinds = [zero] * 3
     for index, permutation in enumerate(ORDERS):
         kinds = [xp.where(order == index, float(kind), old) for kind, old in zip(permutation, kinds)]
     factors = [1.0 + JITTER * (2.0 * extra[..., 1 + i] - 1.0) for i in range(3)]
