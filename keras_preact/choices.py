@@ -130,7 +130,10 @@ DATASETS = Choices(
         "imagenet": Dataset(1000, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), 224, resize=256),
     },
 )
-TRAINING_DATASETS = Choices("dataset", {name: d for name, d in DATASETS.items() if d.trainable})
+# Any image folder (train/<class>/*, test/<class>/*): its classes, normalisation and image size
+# come from the folder and the run (`training.RunConfig.dataset_record`), not from this table.
+FOLDER = Dataset(classes=None, mean=None, std=None, image_size=None, trainable=True)
+TRAINING_DATASETS = Choices("dataset", {**{name: d for name, d in DATASETS.items() if d.trainable}, "folder": FOLDER})
 
 # --- networks ------------------------------------------------------------------------------------
 
@@ -308,6 +311,8 @@ class Recipe:
     nesterov: bool
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    augmentation: str = "cifar"  # "cifar": flip, 4-px pad, crop; "imagenet": `training.imagenet_augment`
+    image_size: int = 32  # the default side of the images the model takes
 
 
 RECIPES = Choices(
@@ -319,6 +324,10 @@ RECIPES = Choices(
         # Released code (fb.resnet.torch + resnet-pre-act.lua): batch 64, Nesterov, /10 at epochs 81
         # and 122, 200 epochs, no warm-up.
         "official": Recipe(64, 200, 0.1, (81 / 200, 122 / 200), 0.0, 0.1, True),
+        # fb.resnet.torch (the paper's ImageNet models): batch 256, lr 0.1, /10 every 30 epochs of
+        # 90, Nesterov momentum 0.9, weight decay 1e-4; random-sized crops to 224, colour jitter,
+        # PCA lighting, flip; evaluation on the 224 centre crop of the image resized to 256.
+        "imagenet": Recipe(256, 90, 0.1, (30 / 90, 60 / 90), 0.0, 0.1, True, augmentation="imagenet", image_size=224),
     },
 )
 # The policy for each --mixed_precision value.

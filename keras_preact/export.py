@@ -81,7 +81,7 @@ def main(argv=None):
         weights = args.weights or _run_weights(args.model_dir)
         names = _run_class_names(args.model_dir) if args.model_dir else None
         model = build_model(config, weights=weights)
-        path = export_saved_model(model, args.export_dir, config.dataset, version, class_names=names)
+        path = export_saved_model(model, args.export_dir, config.dataset_record(), version, class_names=names)
     except (ValueError, OSError, RuntimeError) as error:
         parser.exit(1, f"error: {error}\n")
     print(

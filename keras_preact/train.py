@@ -45,6 +45,11 @@ RUN_CONFIG_HELP = {
     "seed": "random seed of initialisation, shuffling and augmentation",
     "input_pipeline": "tf_data: tf.data on the host (TensorFlow). device: the split on the accelerator, batches "
                       "made there (jax/torch, an image folder, no TensorFlow). auto: tf_data where TensorFlow is installed",
+    "image_size": "side of the training crops and test images: 32 for the CIFAR recipes; any for recipe=imagenet "
+                  "(default: the recipe's, 32 or 224)",
+    "normalization": "per-channel [mean, std] of 0-255 pixels as JSON, e.g. '[[125.3, 123, 113.9], [63, 62.1, 66.7]]' "
+                     "(default: the dataset's; dataset=folder: computed from the training images)",
+    "classes": "the number of classes (default: the dataset's; dataset=folder: its class folders)",
     "model_options": 'further PreActResNet arguments as a JSON object, e.g. \'{"unit": "original", "remat": true}\' '
                      "(default: none)",
 }
@@ -63,14 +68,26 @@ RUN_CONFIG_CHOICES = {
 VERBOSITIES = ("debug", "info", "warning", "error")
 
 
-def _json_object(text):
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not JSON ({error}); give an object such as '{{\"remat\": true}}'") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"remat\": true}}', got {text!r}")
-    return value
+def _json(kind, example):
+    """An argparse type: JSON text holding a `kind` (dict or list), such as `example`."""
+    name = {dict: "object", list: "array"}[kind]
+
+    def parse(text):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise argparse.ArgumentTypeError(f"not JSON ({error}); give one such as '{example}'") from None
+        if not isinstance(value, kind):
+            raise argparse.ArgumentTypeError(f"must be a JSON {name} such as '{example}', got {text!r}")
+        return value
+
+    return parse
+
+
+JSON_TYPES = {
+    dict: (_json(dict, '{"remat": true}'), "JSON"),
+    list: (_json(list, "[[125.3, 123.0, 113.9], [63.0, 62.1, 66.7]]"), "JSON"),
+}
 
 
 def _comma_list(text):
@@ -87,8 +104,8 @@ def _add_run_config_flag(group, field, default):
         options["choices"] = RUN_CONFIG_CHOICES[field.name].names
     elif field.type is bool:
         options["action"] = argparse.BooleanOptionalAction
-    elif field.type is dict:
-        options.update(type=_json_object, metavar="JSON")
+    elif field.type in JSON_TYPES:
+        options["type"], options["metavar"] = JSON_TYPES[field.type]
     elif field.type in (int, float, str):
         options["type"] = field.type
     else:

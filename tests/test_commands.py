@@ -30,7 +30,7 @@ def test_every_run_config_field_is_a_flag_with_help_and_default():
     actions = {action.dest: action for action in train.parser()._actions}
     for field in dataclasses.fields(RunConfig):
         assert field.name in train.RUN_CONFIG_HELP, f"RunConfig.{field.name} has no help line in RUN_CONFIG_HELP"
-        assert actions[field.name].option_strings == [f"--{field.name}"]
+        assert actions[field.name].option_strings[0] == f"--{field.name}"  # a flag's --no-x follows it
     for dest, action in actions.items():
         if dest != "help":
             assert action.help and "default" in action.help, dest  # "(default: X)" or what None means
@@ -64,7 +64,7 @@ def described_flags(text):
     """The flags of a `--help` text, each with the description argparse printed beside or below it."""
     flags, current = {}, None
     for line in text.splitlines():
-        match = re.match(r"  (--\w+)(?: \S+)?(?:  +(.*))?$", line)
+        match = re.match(r"  (--\w+)(?:,? \S+)?(?:  +(.*))?$", line)  # "--x, --no-x" for a yes/no flag
         if match:
             current = match.group(1)
             flags[current] = match.group(2) or ""
@@ -82,7 +82,7 @@ def test_help_lists_every_flag_with_help_and_nothing_else(module):
     assert done.returncode == 0, done.stderr[-2000:]
     text = done.stdout
     assert not re.search(r"helpfull|absl|tpu|test_", text, re.IGNORECASE), text
-    usage = set(re.findall(r"\[?(--\w+)", text.split("\n\n")[0]))
+    usage = set(re.findall(r"(?:^|[\s\[])(--\w+)(?![\w-])", text.split("\n\n")[0]))  # not --no-x of --x
     described = described_flags(text)
     assert usage == set(described), module
     assert all(description.strip() for description in described.values()), described

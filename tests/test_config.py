@@ -167,7 +167,7 @@ def test_a_config_json_from_before_the_recipe_settings_reads_as_the_recipe(tmp_p
 def test_a_resolved_configuration_is_resolved_once(monkeypatch):
     config = RunConfig(depth=20, epochs=2).resolved()
     assert isinstance(config, ResolvedRunConfig) and not isinstance(RunConfig(depth=20), ResolvedRunConfig)
-    monkeypatch.setattr("keras_preact.training.config.units_per_stage", None)  # a second resolution would call it
+    monkeypatch.setattr("keras_preact.training.config.check_architecture", None)  # a second resolution would call it
     assert config.resolved() is config
     assert build_model(config).name  # takes it as it is
     monkeypatch.undo()

@@ -60,7 +60,8 @@ def export_saved_model(model, export_dir, dataset="cifar10", version=1, class_na
         model: a keras_preact classifier (`include_top=True`), softmax or logits output.
         export_dir: the model's base directory (what TF Serving's `--model_base_path` names).
         dataset: a name of `keras_preact.choices.DATASETS` (its class count must be the model's),
-            or a `(mean, std)` pair of per-channel values on 0-255 pixels for other data.
+            a `choices.Dataset` record (a run's, `RunConfig.dataset_record()`), or a `(mean, std)`
+            pair of per-channel values on 0-255 pixels for other data.
         version: a positive integer (NumPy's too); `export_dir/<version>` must not exist yet.
         class_names: the names of the model's classes in label order, any iterable of strings
             (e.g. an image folder run's `results.json["class_names"]`); default: the dataset's, or
@@ -78,7 +79,7 @@ def export_saved_model(model, export_dir, dataset="cifar10", version=1, class_na
     """
     check_export_dir(export_dir)
     version = choices.check_count("version", version)
-    record = choices.DATASETS[dataset] if isinstance(dataset, str) else None
+    record = choices.DATASETS[dataset] if isinstance(dataset, str) else dataset if isinstance(dataset, choices.Dataset) else None
     normalization(dataset)  # a bad (mean, std) fails here
     softmax_output = _output_activation(model)
     classes = model.output.shape[-1]
@@ -139,6 +140,8 @@ def _fsync(path):
 
 
 def _class_names(class_names, dataset, classes):
+    if class_names is None and isinstance(dataset, choices.Dataset) and dataset.class_names:
+        class_names = dataset.class_names  # a run's record of a named dataset
     if class_names is None:
         return dataset_class_names(dataset) if isinstance(dataset, str) else tuple(map(str, range(classes)))
     # Any iterable (a generator is read once, here); a string would be a list of letters.

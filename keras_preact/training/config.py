@@ -11,11 +11,13 @@ import json
 import os
 
 from keras_preact import choices
+from keras_preact.model import preprocessing
 from keras_preact.model.builders import PreActResNet, check_architecture
+from keras_preact.training import folders
 from keras_preact.training.recipe import OPTIMIZER_SETTINGS, optimizer_settings
 
 # PreActResNet arguments a run may set (beyond depth, block and classes, which it sets itself).
-MODEL_OPTIONS = ("unit", "shortcut", "downsample", "stride_on", "remat", *choices.SHORTCUT_OPTIONS)
+MODEL_OPTIONS = ("stem", "unit", "shortcut", "downsample", "stride_on", "remat", *choices.SHORTCUT_OPTIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,12 +25,16 @@ class RunConfig:
     """Everything that defines a training run (saved as `model_dir/config.json`).
 
     Args:
-        dataset: `"cifar10"` or `"cifar100"`.
+        dataset: `"cifar10"`, `"cifar100"` or `"folder"` (any image folder as `data_dir`: its
+            class folders are the classes, its training images give the normalisation).
         data_dir: an image folder (`train/<class>/*`, `test/<class>/*`) or a TFDS data directory;
             None: TFDS's default directory.
-        depth: network depth (9n+2 bottleneck or 6n+2 basic).
-        block: `"basic"` or `"bottleneck"`; None: as the paper uses the depth (`default_block`).
-        recipe: `"paper"` or `"official"` (`keras_preact.choices.RECIPES`).
+        depth: network depth (9n+2 bottleneck or 6n+2 basic; 50, 101, 152 or 200 with
+            `model_options={"stem": "imagenet"}`).
+        block: `"basic"` or `"bottleneck"`; None: as the paper uses the depth (`default_block`),
+            bottleneck for the ImageNet stem.
+        recipe: `"paper"`, `"official"` (CIFAR: 32x32 images) or `"imagenet"` (fb.resnet.torch:
+            random-sized crops of any image size to `image_size`) (`keras_preact.choices.RECIPES`).
         epochs, batch_size: None: the recipe's. The learning rate scales with the batch size and
             the schedule's boundaries with the number of epochs.
         learning_rate: SGD's rate at the recipe's batch size (scaled by batch_size / the
@@ -51,6 +57,13 @@ class RunConfig:
             `"tf_data"` or `"device"` (`keras_preact.choices.INPUT_PIPELINES`; the two draw
             different random orders and crops, so a run resumes on the one it started with).
         model_options: further `PreActResNet` arguments (`MODEL_OPTIONS`).
+        image_size: the side of the square images the model takes; None: the recipe's (32, or
+            224 for `"imagenet"`, whose evaluation view is the centre crop of the image resized
+            to image_size x 256/224).
+        normalization: per-channel `[mean, std]` (three numbers each, on 0-255 pixels); None: the
+            dataset's constants, or for `"folder"` computed from the training images.
+        classes: None: the dataset's, or for `"folder"` its number of class folders.
+        A `"folder"` run records the classes and normalisation it used in `config.json`.
     """
 
     dataset: str = "cifar10"
@@ -73,6 +86,9 @@ class RunConfig:
     seed: int = 0
     input_pipeline: str = "auto"
     model_options: dict = dataclasses.field(default_factory=dict)
+    image_size: int = None
+    normalization: list = None
+    classes: int = None
 
     def resolved(self):
         """This configuration with every default filled in, as a `ResolvedRunConfig`, or a
@@ -81,9 +97,12 @@ class RunConfig:
         choices.TRAINING_DATASETS.check(self.dataset)
         _check_path("data_dir", self.data_dir, optional=True)
         choices.check_count("depth", self.depth)
-        block = choices.default_block(self.depth) if self.block is None else choices.BLOCKS.check(self.block)
+        stem = self.model_options.get("stem") if isinstance(self.model_options, dict) else None
+        stem = "cifar" if stem is None else choices.STEMS.check(stem)
+        block = (choices.default_block(self.depth) if stem == "cifar" else "bottleneck") if self.block is None else choices.BLOCKS.check(self.block)
         model_options = _check_model_options(self.model_options, self.depth, block)
         recipe = choices.RECIPES[self.recipe]
+        image_size = _check_image_size(self.image_size, recipe, self.recipe)
         epochs = recipe.epochs if self.epochs is None else choices.check_count("epochs", self.epochs)
         batch_size = recipe.batch_size if self.batch_size is None else choices.check_count("batch_size", self.batch_size)
         given = {name: getattr(self, name) for name in OPTIMIZER_SETTINGS}
@@ -106,6 +125,9 @@ class RunConfig:
             "model_dir": os.fspath(model_dir),
             "data_dir": None if self.data_dir is None else os.fspath(self.data_dir),
             "model_options": model_options,
+            "image_size": image_size,
+            "normalization": None if self.normalization is None else _check_normalization(self.normalization),
+            "classes": None if self.classes is None else choices.check_count("classes", self.classes, minimum=2),
         })
         object.__setattr__(resolved, "checked", True)
         return resolved
@@ -114,6 +136,25 @@ class RunConfig:
     def optimizer_settings(self):
         """The `recipe.OPTIMIZER_SETTINGS` as a dict (what `recipe.make_optimizer` takes)."""
         return {name: getattr(self, name) for name in OPTIMIZER_SETTINGS}
+
+    def dataset_record(self):
+        """The `choices.Dataset` this (resolved) run trains and exports: the named dataset's, at
+        this run's image size and normalisation; for `"folder"`, the classes and normalisation the
+        run filled in from its data (`training.folders.complete`)."""
+        record = choices.TRAINING_DATASETS[self.dataset]
+        missing = [name for name in ("classes", "normalization") if getattr(self, name) is None and record.classes is None]
+        if missing:
+            raise ValueError(
+                f"dataset='folder' takes {' and '.join(missing)} from its image folder: train first (config.json "
+                "records them), or give them."
+            )
+        if self.classes is not None and record.classes is not None and self.classes != record.classes:
+            raise ValueError(f"classes={self.classes}, but {self.dataset} has {record.classes}; dataset='folder' takes any.")
+        mean, std = self.normalization or (record.mean, record.std)
+        return dataclasses.replace(
+            record, classes=self.classes or record.classes, mean=tuple(mean), std=tuple(std), image_size=self.image_size,
+            resize=folders.evaluation_resize(self.recipe, self.image_size),
+        )
 
     def to_dict(self):
         values = dataclasses.asdict(self)
@@ -201,15 +242,36 @@ def _defaults_for_none(config):
     return replaced
 
 
+def _check_image_size(image_size, recipe, name):
+    if image_size is None:
+        return recipe.image_size
+    choices.check_count("image_size", image_size)
+    if recipe.augmentation == "cifar" and image_size != recipe.image_size:
+        raise ValueError(
+            f"recipe={name!r} trains on {recipe.image_size}x{recipe.image_size} images (4-pixel padding and crops); "
+            f"image_size={image_size} needs recipe='imagenet' (random-sized crops of any image)."
+        )
+    return image_size
+
+
+def _check_normalization(normalization):
+    """[mean, std] as lists of floats (JSON's form), or the ValueError of `normalization`."""
+    try:
+        preprocessing.normalization(tuple(normalization))  # three finite numbers each, std positive
+    except TypeError:
+        raise ValueError(f"normalization must be [mean, std] of three numbers each, got {normalization!r}.") from None
+    return [[float(value) for value in values] for values in normalization]  # float64: the same after JSON
+
+
 def _check_model_options(options, depth, block):
-    """The run's model options, checked with the CIFAR network's depth and block by the builders'
+    """The run's model options, checked with the network's depth and block by the builders'
     own rules (`check_architecture`)."""
     if not isinstance(options, dict):
         raise ValueError(f"model_options must be a dict of PreActResNet arguments, got {options!r}.")
     unknown = sorted(set(options) - set(MODEL_OPTIONS))
     if unknown:
         raise ValueError(f"Unknown model option(s) {', '.join(unknown)}; valid: {', '.join(MODEL_OPTIONS)}.")
-    check_architecture(depth, block, "cifar", **options)
+    check_architecture(depth, block, **options)
     return dict(options)
 
 
@@ -220,7 +282,8 @@ def build_model(config, weights=None, batch_norm_options=None):
     return PreActResNet(
         config.depth,
         block=config.block,
-        classes=choices.DATASETS[config.dataset].classes,
+        classes=config.dataset_record().classes,
+        input_shape=(config.image_size, config.image_size, 3),
         dtype=choices.PRECISIONS[config.mixed_precision],
         weights=weights,
         batch_norm_options=batch_norm_options,

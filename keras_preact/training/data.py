@@ -25,14 +25,14 @@ TFDS_DOWNLOAD_HOST = ("www.cs.toronto.edu", 443)  # where TFDS fetches CIFAR-10/
 # --- sources ----------------------------------------------------------------------------------
 
 
-def load(name, data_dir=None):
-    """Loads `name` ("cifar10" or "cifar100") as (train, test) Splits.
+def load(name, data_dir=None, reading=None):
+    """Loads `name` ("cifar10", "cifar100" or "folder") as (train, test) Splits.
 
     `data_dir` holding `train/<class>/*` and `test/<class>/*` is read as an image folder
-    (`sources.read_image_folder`); any other `data_dir` (or None) is TFDS's data directory, which
-    downloads when online.
+    (`sources.read_image_folder`, as `reading` says); any other `data_dir` (or None) is TFDS's
+    data directory, which downloads when online.
     """
-    return sources.load(name, data_dir, other_source=load_tfds)
+    return sources.load(name, data_dir, other_source=load_tfds, reading=reading)
 
 
 def load_tfds(name, data_dir=None):
@@ -118,11 +118,17 @@ def _normalize(images, info):
 class TFDataPipeline(InputPipeline):
     """tf.data on the host, for every backend: the `pipelines.InputPipeline` of this module."""
 
-    def load(self, dataset, data_dir):
-        return load(dataset, data_dir)
+    def load(self, dataset, data_dir, reading=None):
+        return load(dataset, data_dir, reading)
 
-    def train_batches(self, split, info, plan, seed=0, first_epoch=0):
+    def train_batches(self, split, info, plan, seed=0, first_epoch=0, augmentation="cifar"):
         """A tf.data.Dataset of this process's `plan.local_batch`-image slices of every global batch."""
+        if augmentation == "imagenet":
+            from keras_preact.training import imagenet_augment
+
+            augment_example = imagenet_augment.tf_augment_example(info)
+        else:
+            augment_example = lambda image, key: augment(_normalize(image, info), key)  # noqa: E731
         steps, local, (index, count) = plan.steps, plan.local_batch, plan.process
         images, labels = tf.constant(split.images), tf.constant(split.labels)
 
@@ -133,7 +139,7 @@ class TFDataPipeline(InputPipeline):
 
         def example(position, epoch):
             key = tf.random.experimental.stateless_fold_in(epoch_key(seed, epoch), tf.cast(position, tf.int64))
-            return augment(_normalize(tf.gather(images, position), info), key), tf.gather(labels, position)
+            return augment_example(tf.gather(images, position), key), tf.gather(labels, position)
 
         dataset = tf.data.Dataset.range(first_epoch, plan.epochs).flat_map(epoch_examples)
         dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

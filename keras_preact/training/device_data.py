@@ -31,9 +31,10 @@ from keras_preact.training.pipelines import InputPipeline
 from keras_preact.training.sources import IMAGE_SIZE, PADDING
 
 
-def load(name, data_dir):
-    """(train, test) Splits of an image folder, read without TensorFlow (`sources.load`)."""
-    return sources.load(name, data_dir, other_source=_needs_tensorflow)
+def load(name, data_dir, reading=None):
+    """(train, test) Splits of an image folder, read without TensorFlow (`sources.load`, as
+    `reading` says)."""
+    return sources.load(name, data_dir, other_source=_needs_tensorflow, reading=reading)
 
 
 def _needs_tensorflow(name, data_dir):
@@ -114,10 +115,14 @@ def _compiled(function, info):
 class DevicePipeline(InputPipeline):
     """Batches made on the accelerator (jax, torch): the `pipelines.InputPipeline` of this module."""
 
-    def load(self, dataset, data_dir):
-        return load(dataset, data_dir)
+    def load(self, dataset, data_dir, reading=None):
+        return load(dataset, data_dir, reading)
 
-    def train_batches(self, split, info, plan, seed=0, first_epoch=0):
+    def train_batches(self, split, info, plan, seed=0, first_epoch=0, augmentation="cifar"):
+        if augmentation == "imagenet":
+            from keras_preact.training import imagenet_augment  # it builds on this module
+
+            return imagenet_augment.TrainBatches(split, info, plan, seed, first_epoch)
         return TrainBatches(split, info, plan, seed, first_epoch)
 
     def eval_batches(self, split, info, batch_size):

@@ -70,14 +70,16 @@ class InputPipeline(abc.ABC):
     """What the runner asks of an input pipeline."""
 
     @abc.abstractmethod
-    def load(self, dataset, data_dir):
-        """(train, test) `sources.Split`s of `dataset` (a name of `choices.TRAINING_DATASETS`)."""
+    def load(self, dataset, data_dir, reading=None):
+        """(train, test) `sources.Split`s of `dataset` (a name of `choices.TRAINING_DATASETS`);
+        an image folder is read as `reading` (`folders.Reading`) says."""
 
     @abc.abstractmethod
-    def train_batches(self, split, info, plan, seed, first_epoch):
+    def train_batches(self, split, info, plan, seed, first_epoch, augmentation="cifar"):
         """This process's batches of epochs `first_epoch` … `plan.epochs - 1` of `split`, one
-        after another, normalised with the `choices.Dataset` record `info` and augmented; epoch
-        e's order and augmentation a function of (seed, e) alone."""
+        after another, normalised with the `choices.Dataset` record `info` and augmented as the
+        recipe's `augmentation` says ("cifar": the paper's; "imagenet": `imagenet_augment`);
+        epoch e's order and augmentation a function of (seed, e) alone."""
 
     @abc.abstractmethod
     def eval_batches(self, split, info, batch_size):

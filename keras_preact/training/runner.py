@@ -25,7 +25,7 @@ from keras_preact import choices, runtime
 from keras_preact.model.builders import load_weights
 from keras_preact.serving.layout import check_export_dir, next_version
 from keras_preact.serving.saved_model import export_saved_model
-from keras_preact.training import custom_loop, distribute, pipelines
+from keras_preact.training import custom_loop, distribute, folders, pipelines
 from keras_preact.training.callbacks import Checkpoint, StopOnNaN, Throughput
 from keras_preact.training.config import RunConfig, build_model, write_json
 from keras_preact.training.recipe import make_optimizer, warmup_steps
@@ -84,7 +84,7 @@ class PreparedRun:
 
     @property
     def info(self):
-        return choices.DATASETS[self.config.dataset]
+        return self.config.dataset_record()
 
 
 def prepare(config, train_split, test_split, export_dir, callbacks, verbose):
@@ -103,8 +103,12 @@ def prepare(config, train_split, test_split, export_dir, callbacks, verbose):
     pipeline = pipelines.get(config.input_pipeline)
     log.info("Input pipeline: %s (%s)", config.input_pipeline, choices.INPUT_PIPELINES[config.input_pipeline])
     if train_split is None or test_split is None:
-        train_split, test_split = pipeline.load(config.dataset, config.data_dir)
+        train_split, test_split = pipeline.load(config.dataset, config.data_dir, folders.reading(config, verbose))
     train_split = train_split.subset(config.train_subset)
+    completed = folders.complete(config, train_split)  # a folder's classes and normalisation
+    if completed != config:
+        config = completed
+        _check_model_dir(config)  # again, with what the data decided
     plan = pipelines.BatchPlan(len(train_split), config.batch_size, config.epochs, placement.replicas, placement.data_shard)
     _check_test_split(len(test_split), plan)
     log.info(
@@ -188,7 +192,7 @@ def export(model, prepared, folder, export_dir):
         return None
     target = export_dir if prepared.placement.is_chief else os.path.join(folder, "export")
     config = prepared.config
-    return export_saved_model(model, target, config.dataset, version=next_version(target), class_names=prepared.class_names)
+    return export_saved_model(model, target, prepared.info, version=next_version(target), class_names=prepared.class_names)
 
 
 def report(prepared, model, first_epoch, measured, exported):
@@ -280,7 +284,10 @@ def train(model, engine, prepared, first_epoch, test_data, folder):
     # writes again; the other order would lose the row.
     callbacks.append(Checkpoint(os.path.join(folder, CHECKPOINT)))
     if first_epoch < config.epochs:
-        train_data = prepared.pipeline.train_batches(prepared.train_split, prepared.info, plan, config.seed, first_epoch)
+        augmentation = choices.RECIPES[config.recipe].augmentation
+        train_data = prepared.pipeline.train_batches(
+            prepared.train_split, prepared.info, plan, config.seed, first_epoch, augmentation
+        )
         verbose = prepared.verbose if prepared.placement.is_chief else 0
         if engine is not None:
             custom_loop.fit(model, engine, train_data, plan, first_epoch, test_data, callbacks, verbose)
@@ -325,7 +332,9 @@ def _check_model_dir(config):
         # Where the folder is, or how its data folder is spelled, does not make it another run.
         for values in (previous, now):
             values["data_dir"] = values["data_dir"] and os.path.realpath(values["data_dir"])
-        differences = [key for key in now if key != "model_dir" and previous[key] != now[key]]
+        # What the data fills in (a folder's classes and normalisation) is compared once it has.
+        differences = [key for key in now if key != "model_dir" and previous[key] != now[key]
+                       and not (key in folders.FROM_DATA and now[key] is None)]
         if differences:
             raise ValueError(
                 f"{config.model_dir} holds a run with other settings ("
@@ -337,12 +346,13 @@ def _check_model_dir(config):
 def _class_names(config, train_split, test_split):
     """The names of the classes the model will output; a folder of another dataset is refused
     before training, not at export."""
-    dataset = choices.DATASETS[config.dataset]
-    names = list(train_split.class_names or dataset.class_names)
+    dataset = config.dataset_record()
+    names = list(train_split.class_names or dataset.class_names or map(str, range(dataset.classes)))
     if len(names) != dataset.classes:
         raise ValueError(
             f"The training images have {len(names)} classes ({', '.join(names[:12])}), {config.dataset} has "
-            f"{dataset.classes}: pass the dataset these images belong to, or a folder with one subfolder per class."
+            f"{dataset.classes}: pass the dataset these images belong to (dataset='folder' takes any image folder's classes), "
+            "or a folder with one subfolder per class."
         )
     if test_split.class_names is not None and list(test_split.class_names) != names:
         raise ValueError(

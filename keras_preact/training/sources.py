@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from keras_preact import choices
+from keras_preact.training import folders
 
 IMAGE_SIZE = 32
 PADDING = 4  # the paper's augmentation, in both pipelines: 4-pixel zero padding, then a 32x32 crop
@@ -39,14 +40,7 @@ class Split:
         are, and the same examples every time."""
         if count is None:
             return self
-        if choices.check_count("train_subset", count) > len(self):
-            raise ValueError(f"train_subset={count} must be between 1 and the split's {len(self)} images.")
-        rank_in_class = np.empty(len(self), np.int64)
-        for label in np.unique(self.labels):
-            members = np.flatnonzero(self.labels == label)
-            rank_in_class[members] = np.arange(len(members))
-        chosen = np.lexsort((self.labels, rank_in_class))[:count]
-        chosen.sort()  # keep the source's order among the chosen
+        chosen = folders.balanced_indices(self.labels, count)
         return Split(self.images[chosen], self.labels[chosen], self.class_names)
 
 
@@ -68,12 +62,13 @@ def from_arrays(images, labels):
     return Split(images, labels.astype(np.int32))
 
 
-def load(name, data_dir, other_source):
-    """Loads `name` ("cifar10" or "cifar100") as checked (train, test) Splits.
+def load(name, data_dir, other_source, reading=None):
+    """Loads `name` ("cifar10", "cifar100" or "folder") as checked (train, test) Splits.
 
-    `data_dir` holding `train/<class>/*` and `test/<class>/*` is read as an image folder; any other
-    `data_dir` (or None) goes to `other_source(name, data_dir)`: TensorFlow Datasets for the
-    tf.data pipeline, an error that says what to pass for the on-device one.
+    `data_dir` holding `train/<class>/*` and `test/<class>/*` is read as an image folder, as
+    `reading` (`folders.Reading`) says; any other `data_dir` (or None) goes to
+    `other_source(name, data_dir)`: TensorFlow Datasets for the tf.data pipeline, an error that
+    says what to pass for the on-device one. `dataset="folder"` needs an image folder.
     """
     info = choices.TRAINING_DATASETS[name]
     if data_dir is not None:
@@ -93,7 +88,12 @@ def load(name, data_dir, other_source):
             f"(train/<class>/*, test/<class>/*)."
         )
     if data_dir is not None and is_image_folder(data_dir):
-        train, test = read_image_folder(data_dir)
+        train, test = read_image_folder(data_dir, reading)
+    elif name == "folder":
+        raise ValueError(
+            f"dataset='folder' trains an image folder and got data_dir={data_dir!r}: pass a folder with "
+            "train/<class>/* and test/<class>/*."
+        )
     else:
         train, test = other_source(name, data_dir)
     for split_name, split in (("train", train), ("test", test)):
@@ -105,10 +105,10 @@ def check_split(split, info, description):
     if len(split) == 0:
         raise ValueError(f"The {description} is empty.")
     low, high = int(split.labels.min()), int(split.labels.max())
-    if low < 0 or high >= info.classes:
+    if info.classes is not None and (low < 0 or high >= info.classes):
         raise ValueError(
             f"The {description} has labels {low}..{high}, outside 0..{info.classes - 1}: is this "
-            "the right dataset?"
+            "the right dataset? (dataset='folder' trains any image folder)"
         )
 
 
@@ -124,11 +124,14 @@ def _visible(folder):
     return sorted((entry for entry in os.scandir(folder) if not entry.name.startswith(".")), key=lambda e: e.name)
 
 
-def read_image_folder(data_dir):
+def read_image_folder(data_dir, reading=None):
     """Reads `data_dir/{train,test}/<class>/*.{jpg,png}`; labels follow sorted class folder names.
 
-    Hidden files and folders are skipped; anything else that is not an image is an error naming it.
+    `reading` (`folders.Reading`; default: every image, 32x32, silently): which training images
+    are decoded (only those of `train_subset`), at what size, with a progress line or not. Hidden
+    files and folders are skipped; anything else that is not an image is an error naming it.
     """
+    reading = folders.Reading() if reading is None else reading
     for split in ("train", "test"):
         for entry in _visible(os.path.join(data_dir, split)):
             if entry.is_symlink() and not os.path.exists(entry.path):  # a class would vanish, shifting labels
@@ -142,7 +145,7 @@ def read_image_folder(data_dir):
             f"{data_dir}: train and test have different class folders "
             f"({', '.join(sorted(set(classes) ^ set(test_classes)))} differ)."
         )
-    return tuple(_read_folder_split(os.path.join(data_dir, split), classes) for split in ("train", "test"))
+    return tuple(_read_folder_split(data_dir, split, classes, reading) for split in ("train", "test"))
 
 
 def _image_files(folder):
@@ -160,26 +163,37 @@ def _image_files(folder):
     return files
 
 
-def _read_folder_split(split_dir, classes):
+def _read_folder_split(data_dir, split, classes, reading):
     paths, labels = [], []
     for label, name in enumerate(classes):
-        files = _image_files(os.path.join(split_dir, name))
+        files = _image_files(os.path.join(data_dir, split, name))
         paths += files
         labels += [label] * len(files)
-    images = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    labels = np.asarray(labels, np.int32)
+    if split == "train" and reading.train_subset is not None:  # decode only the images the run uses
+        chosen = folders.balanced_indices(labels, reading.train_subset)
+        paths, labels = [paths[i] for i in chosen], labels[chosen]
+    side = reading.stored_side(split)
+    size = (side, side) if reading.resize is None else None  # the ImageNet recipe takes any size
+    images = np.empty((len(paths), side, side, 3), np.uint8)
+    progress = folders.Progress(f"Decoding {os.path.join(data_dir, split)}", len(paths), enabled=reading.progress)
     for index, path in enumerate(paths):
-        images[index] = _decode_file(path)
-    return Split(images, np.asarray(labels, np.int32), tuple(classes))
+        images[index] = folders.stored_view(_decode_file(path, size), reading, split)
+        progress.update(index + 1)
+    progress.close()
+    return Split(images, labels, tuple(classes))
 
 
-def _decode_file(path):
-    """One 32x32 RGB image file as uint8 [32, 32, 3], or a ValueError naming the file."""
+def _decode_file(path, size=(IMAGE_SIZE, IMAGE_SIZE)):
+    """One RGB image file of `size` (width, height; None: any) as uint8 [height, width, 3], or a
+    ValueError naming the file."""
     from PIL import Image, UnidentifiedImageError
 
+    rule = "images must be RGB" if size is None else f"CIFAR images must be {size[0]}x{size[1]} RGB"
     try:
         with Image.open(path) as image:
-            if image.size != (IMAGE_SIZE, IMAGE_SIZE):  # from the header, before decoding it
-                raise ValueError(f"{path} is {image.size[0]}x{image.size[1]}; CIFAR images must be 32x32 RGB.")
+            if size is not None and image.size != size:  # from the header, before decoding it
+                raise ValueError(f"{path} is {image.size[0]}x{image.size[1]}; {rule} (recipe='imagenet' takes any size).")
             if image.mode == "P":  # a palette PNG: its colours (and alpha), as TensorFlow decodes it
                 image = image.convert("RGBA" if "transparency" in image.info else "RGB")
             pixels = np.asarray(image)
@@ -190,7 +204,7 @@ def _decode_file(path):
     if pixels.dtype != np.uint8 or channels != 3:
         kind = {1: "grayscale", 2: "grayscale with alpha", 4: "RGBA (or CMYK)"}.get(channels, f"{channels}-channel")
         raise ValueError(
-            f"{path} is {kind} ({pixels.dtype}); CIFAR images must be 32x32 RGB with 8 bits a channel: "
+            f"{path} is {kind} ({pixels.dtype}); {rule} with 8 bits a channel: "
             "convert the file to RGB."
         )
     return pixels
