@@ -107,7 +107,7 @@ def predict(version, body, max_batch):
     layout, values = _input_values(request)
     if not isinstance(values, (list, np.ndarray)):
         raise bad_request("The images must be a list (one entry per image).")
-    if not values:
+    if not len(values):
         raise bad_request("The request holds no images.")
     if len(values) > max_batch:
         raise bad_request(f"The request holds {len(values)} images; at most {max_batch} per request.")
@@ -156,6 +156,8 @@ def _input_values(request):
     if "inputs" in request:
         return "columnar", _named(request["inputs"], '"inputs"')
     instances = request["instances"]
+    if isinstance(instances, np.ndarray):  # a batch of pixels, parsed as one array
+        return "row", instances
     if not isinstance(instances, list):
         raise bad_request('"instances" must be a list of images.')
     return "row", [_named(instance, "An instance") for instance in instances]
