@@ -374,16 +374,17 @@ def route_of(path):
 
 
 async def answer(server, request):
-    """(action, the response's content) for `request`, or a RequestError."""
+    """The response's content for `request`, or a RequestError."""
     path = request.url.path
     action, route = route_of(path)
+    request.state.action = action  # counted under it whatever the answer
     methods, handler = HANDLERS[action]
     if request.method not in methods:
         if action == "predict":
             raise RequestError(405, f"{request.method} is not allowed on :predict; use POST.", {"Allow": "POST"})
         suggestion = "" if action == "metrics" else f" (or POST to {path}:predict)"
         raise RequestError(405, f"{request.method} is not allowed on {path}; use GET{suggestion}.", {"Allow": "GET, HEAD"})
-    return action, await handler(server, request, route)
+    return await handler(server, request, route)
 
 
 def respond(content, status=200, headers=None):
@@ -400,10 +401,9 @@ def respond(content, status=200, headers=None):
 async def serve_request(server, request):
     """The response to any request, logged and counted; a fault of the server is a logged 500."""
     started = time.perf_counter()
-    request.state.images, action = 0, "unknown"
+    request.state.images, request.state.action = 0, "unknown"
     try:
-        action, content = await answer(server, request)
-        response = respond(content)
+        response = respond(await answer(server, request))
     except RequestError as problem:
         response = respond({"error": str(problem)}, problem.status, problem.headers)
     except Exception:
@@ -411,7 +411,7 @@ async def serve_request(server, request):
                       request.headers.get("content-length", "unknown"))
         response = respond({"error": "Internal server error; the server log has the details."}, 500)
     seconds = time.perf_counter() - started
-    server.metrics.request(action, response.status_code, seconds)
+    server.metrics.request(request.state.action, response.status_code, seconds)
     log.info("%s %s -> %d, %d images, %.1f ms", request.method, request.url.path, response.status_code,
              request.state.images, 1000 * seconds)
     return response
