@@ -24,9 +24,9 @@ VERBOSITIES = ("debug", "info", "warning", "error")
 
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m keras_preact.serve", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--export_dir", required=True, help="the model's base directory (holding version folders)")
-    parser.add_argument("--model_name", required=True, help="the NAME in /v1/models/NAME")
+                                     formatter_class=choices.HelpFormatter)
+    parser.add_argument("--export_dir", required=True, help="the model's base directory (holding version folders; required)")
+    parser.add_argument("--model_name", required=True, help="the NAME in /v1/models/NAME (required)")
     parser.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default (1-65535)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--max_batch", type=int, default=256, help=f"most images per request (at most {MAX_BATCH}); sets the body limit")
@@ -40,7 +40,7 @@ def _parser():
                         help="the versions served: latest:N (the N highest), all, or specific:V1,V2 (TF Serving's policies)")
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                         help="seconds between looks at --export_dir for new versions (0: only at start)")
-    parser.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json")
+    parser.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json (default: off)")
     parser.add_argument("--verbosity", choices=VERBOSITIES, default="info",
                         help="the least severe log lines shown (info: one line a request); TensorFlow's C++ log "
                              "follows $TF_CPP_MIN_LOG_LEVEL")

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import keras
 import numpy as np
@@ -36,7 +36,13 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_ASPECT_RATIO = 16
 
 
-def export_saved_model(model, export_dir, dataset="cifar10", version=1, class_names=None):
+def export_saved_model(
+    model: keras.Model,
+    export_dir: str | os.PathLike,
+    dataset: str | tuple[Sequence[float], Sequence[float]] = "cifar10",
+    version: int = 1,
+    class_names: Iterable[str] | None = None,
+) -> str:
     """Writes `export_dir/<version>/`, a SavedModel that TF Serving can serve, with two signatures.
 
     `serving_default` takes `images`, uint8 `[batch, H, W, 3]` raw pixels, and returns
@@ -221,7 +227,9 @@ def _export_in_tensorflow_process(keras_file, target, export_format="tf_saved_mo
         raise RuntimeError(f"Exporting through the TensorFlow backend failed:\n{result.stderr[-2000:]}")
 
 
-def export_onnx(model, path, dataset="cifar10"):
+def export_onnx(
+    model: keras.Model, path: str | os.PathLike, dataset: str | tuple[Sequence[float], Sequence[float]] = "cifar10"
+) -> str:
     """Writes an ONNX model: float32 raw pixels `[batch, H, W, 3]` (0-255) in, probabilities out.
 
     The dataset's normalisation is part of the graph, as in the SavedModel. Needs the `[onnx]`
