@@ -704,3 +704,57 @@ def test_a_new_version_is_served_under_load_without_a_lost_request(tmp_path):
     assert first_v2 - exported < 30  # poll (0.5 s) + load (a few s); generous for a busy CI
     assert all(v == 2 for t, _, v in results if t > first_v2 + 5)
     assert [(s["version"], s["state"]) for s in status] == [("2", "AVAILABLE"), ("1", "END")]
+
+
+def odd_image_files():
+    """{kind: file} of 4x4 images that are not 8-bit RGB, as real data sets hold them."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+
+    def saved(image, kind, **options):
+        buffer = io.BytesIO()
+        image.save(buffer, kind, **options)
+        return buffer.getvalue()
+
+    def png16(values, colour):  # Pillow writes no 16-bit RGB PNG: the chunks by hand
+        rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in values)
+        chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        header = struct.pack(">IIBBBBB", 4, 4, 16, colour, 0, 0, 0)
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+    return {
+        "grayscale png": saved(Image.fromarray(rgb[..., 0]), "PNG"),
+        "grayscale jpeg": saved(Image.fromarray(rgb[..., 0]), "JPEG"),
+        "grayscale+alpha png": saved(Image.fromarray(rgb[..., :2].copy(), "LA"), "PNG"),
+        "rgba png": saved(Image.fromarray(np.dstack([rgb, rgb[..., :1]]), "RGBA"), "PNG"),
+        "palette png": saved(Image.fromarray(rgb).quantize(8), "PNG"),
+        "palette png with transparency": saved(Image.fromarray(rgb).quantize(8), "PNG", transparency=2),
+        "cmyk jpeg": saved(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
+        "16-bit grayscale png": png16(rng.integers(0, 65536, (4, 4)), 0),
+        "16-bit rgb png": png16(rng.integers(0, 65536, (4, 12)), 2),
+    }
+
+
+@pytest.mark.parametrize("kind", list(odd_image_files()))
+def test_training_decodes_each_kind_of_file_as_serving_does(tmp_path, kind):
+    """Training's decoder (Pillow) and the SavedModel's (TensorFlow's decode_png/decode_jpeg with 3
+    channels, what the encoded_images signature runs) give the same RGB pixels."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from keras_preact.serving.decoding import decode_rgb
+
+    data = odd_image_files()[kind]
+    served = (tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE") if data[:3] == b"\xff\xd8\xff"
+              else tf.io.decode_png(data, channels=3)).numpy()
+    with Image.open(io.BytesIO(data)) as image:
+        np.testing.assert_array_equal(decode_rgb(image), served)
+    assert served.std() > 0  # a real image, not a blank one that any decoder would match

@@ -173,24 +173,17 @@ def _read_folder_split(split_dir, classes):
 
 
 def _decode_file(path):
-    """One 32x32 RGB image file as uint8 [32, 32, 3], or a ValueError naming the file."""
+    """One 32x32 image file as uint8 RGB [32, 32, 3] (converted as serving converts it:
+    `serving.decoding.decode_rgb`), or a ValueError naming the file."""
     from PIL import Image, UnidentifiedImageError
+
+    from keras_preact.serving.decoding import decode_rgb
 
     try:
         with Image.open(path) as image:
             if image.size != (IMAGE_SIZE, IMAGE_SIZE):  # from the header, before decoding it
                 raise ValueError(f"{path} is {image.size[0]}x{image.size[1]}; CIFAR images must be 32x32 RGB.")
-            if image.mode == "P":  # a palette PNG: its colours (and alpha), as TensorFlow decodes it
-                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-            pixels = np.asarray(image)
+            return decode_rgb(image)
     # Pillow raises SyntaxError for some bad headers, DecompressionBombError for giant images.
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"Cannot decode {path}: not a readable JPEG or PNG image ({error}).") from None
-    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    if pixels.dtype != np.uint8 or channels != 3:
-        kind = {1: "grayscale", 2: "grayscale with alpha", 4: "RGBA (or CMYK)"}.get(channels, f"{channels}-channel")
-        raise ValueError(
-            f"{path} is {kind} ({pixels.dtype}); CIFAR images must be 32x32 RGB with 8 bits a channel: "
-            "convert the file to RGB."
-        )
-    return pixels
