@@ -119,7 +119,7 @@ class Servable:
             raise FileNotFoundError(f"export_dir {export_dir} {problem}: pass the folder that holds the version folders.")
         self.export_dir, self.labels, self.policy = export_dir, dict(labels or {}), policy
         self.on_load = on_load or (lambda outcome: None)
-        self.loaded, self.states, self.in_flight = {}, {}, {}  # by version number
+        self.versions, self.states, self.in_flight = {}, {}, {}  # by version number: loaded Versions, ...
         self._skipped, self._changed = set(), threading.Condition()
         self._stop = threading.Event()
         self._sync(first=True)
@@ -134,10 +134,10 @@ class Servable:
         if first:
             _check_start(self.export_dir, complete, skipped, self.labels, self.policy)
         wanted = self.policy.chosen(complete) | (set(self.labels.values()) & set(complete))
-        for number in sorted(wanted - set(self.loaded) - set(self.states)):  # a version that failed stays END
+        for number in sorted(wanted - set(self.versions) - set(self.states)):  # a version that failed stays END
             self._load(number, first)
         with self._changed:
-            for number in set(self.loaded) - wanted:
+            for number in set(self.versions) - wanted:
                 self.states[number] = ("UNLOADING", "")
                 log.info("Unloading version %d of %s", number, self.export_dir)
             self._finish_unloads()
@@ -157,7 +157,7 @@ class Servable:
             return
         self.on_load("success")
         with self._changed:
-            self.loaded[number], self.states[number] = version, ("AVAILABLE", "")
+            self.versions[number], self.states[number] = version, ("AVAILABLE", "")
             self.in_flight.setdefault(number, 0)
         if not first:
             log.info("Loaded version %d of %s", number, self.export_dir)
@@ -165,8 +165,8 @@ class Servable:
     def _finish_unloads(self):
         """Drops the UNLOADING versions that no request uses (under `_changed`)."""
         for number, (state, _) in self.states.items():
-            if state == "UNLOADING" and not self.in_flight.get(number) and number in self.loaded:
-                del self.loaded[number]
+            if state == "UNLOADING" and not self.in_flight.get(number) and number in self.versions:
+                del self.versions[number]
                 self.states[number] = ("END", "")
 
     def start_polling(self, seconds):
@@ -184,6 +184,11 @@ class Servable:
     def stop(self):
         self._stop.set()
 
+    @property
+    def latest(self):
+        """The highest AVAILABLE version's number (what /v1/models/NAME answers with)."""
+        return max(self.available())
+
     def available(self):
         with self._changed:
             return sorted(n for n, (state, _) in self.states.items() if state == "AVAILABLE")
@@ -191,7 +196,7 @@ class Servable:
     def image_values(self):
         """The most pixel values one image of any loaded version takes."""
         with self._changed:
-            return max(version.image_values() for version in self.loaded.values())
+            return max(version.image_values() for version in self.versions.values())
 
     @contextlib.contextmanager
     def use(self, model_name, name, version, label):
@@ -218,13 +223,13 @@ class Servable:
         if version is None:
             if not available:
                 raise RequestError(404, f"Servable not found for request: Latest({name}); no version is available now.")
-            return self.loaded[max(available)]
+            return self.versions[max(available)]
         # Compared as text: a number of thousands of digits is no version, not an error of int().
         if not VERSION.fullmatch(version) or version not in {str(n) for n in available}:
             served = ", ".join(map(str, sorted(available)))
             shown = version if len(version) <= 40 else f"{version[:20]}...({len(version)} characters)"
             raise RequestError(404, f"Servable not found for request: Specific({name}, {shown}); served versions: {served}.")
-        return self.loaded[int(version)]
+        return self.versions[int(version)]
 
     def status(self, number=None):
         """TF Serving's model_version_status list: every version seen, highest first (or `number`'s)."""
