@@ -90,6 +90,8 @@ def main():
             for thread in threads:
                 thread.join()
             ends.append(rss_mb(server.pid))
+            print(f"round {len(ends)}: {ends[-1]:.0f} MB (idle {idle:.0f}, peak so far {peak[0]:.0f}); "
+                  f"answers {dict(sorted(statuses.items()))}", flush=True)
         done.set()
     finally:
         server.terminate()
