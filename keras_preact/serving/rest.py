@@ -8,9 +8,13 @@
     curl -X POST localhost:8501/v1/models/resnet164:predict \
          -d '{"signature_name": "encoded_images", "instances": [{"b64": "<base64 JPEG>"}]}'
 
-It needs TensorFlow, FastAPI and uvicorn, not Keras. It serves the highest complete version folder
-(as TF Serving does) and any version named by a label; every error is `{"error": "..."}` with a
-4xx status (5xx only for a fault of the server, logged with its request).
+    curl localhost:8501/monitoring/prometheus/metrics            # requests, latency, model loads
+
+It needs TensorFlow, FastAPI and uvicorn, not Keras. It serves the versions its policy names
+(default: the highest complete version folder, as TF Serving does) and any version named by a
+label, and follows new versions as they are exported (`versions.Servable`); every error is
+`{"error": "..."}` with a 4xx status (5xx only for a fault of the server, logged with its request).
+Each path is answered by one handler of `HANDLERS`.
 """
 
 import asyncio
