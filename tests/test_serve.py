@@ -4,6 +4,7 @@ The server runs TensorFlow alone whatever KERAS_BACKEND says, so these tests run
 backend only; the exports they serve are tested on every backend in test_export.py.
 """
 
+import argparse
 import base64
 import contextlib
 import json
@@ -550,6 +551,9 @@ def test_every_flag_is_checked_at_start(server, tmp_path, capsys):
         ([], str(tmp_path / "incomplete"), "(found only: 1: no saved_model.pb)"),
         ([], str(tmp_path / "corrupt"), "1 cannot be loaded as a SavedModel"),
         (["--version_labels=stable=3"], export_dir, "Label 'stable' names version 3, which is not a complete version"),
+        (["--version_policy=newest"], export_dir, "--version_policy must be latest:N, all or specific:V1,V2,...; got 'newest'"),
+        (["--version_policy=specific:7"], export_dir, "has none of the versions 7 that --version_policy names"),
+        (["--file_system_poll_wait_seconds=-1"], export_dir, "--file_system_poll_wait_seconds must be in [0"),
     ]
     for flags, where, message in cases:
         if "--port" not in " ".join(flags):
@@ -758,3 +762,16 @@ def test_training_decodes_each_kind_of_file_as_serving_does(tmp_path, kind):
     with Image.open(io.BytesIO(data)) as image:
         np.testing.assert_array_equal(decode_rgb(image), served)
     assert served.std() > 0  # a real image, not a blank one that any decoder would match
+
+
+def test_help_lists_every_flag_with_its_default(capsys):
+    from keras_preact import export, serve
+
+    for command in (serve, export):
+        with pytest.raises(SystemExit):
+            command.main(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for action in command._parser()._actions:
+            flag = action.option_strings[-1]
+            assert flag in text, flag
+            assert action.help and (action.default in (None, False, argparse.SUPPRESS) or f"(default: {action.default})" in text), flag
