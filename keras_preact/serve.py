@@ -16,12 +16,17 @@ import sys
 
 from keras_preact import choices
 from keras_preact.serving.rest import MAX_BATCH
+from keras_preact.serving.versions import VersionPolicy
+
+
+VERBOSITIES = ("debug", "info", "warning", "error")
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="python -m keras_preact.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--export_dir", required=True, help="the model's base directory (holding version folders)")
-    parser.add_argument("--model_name", required=True, help="the NAME in /v1/models/NAME")
+    parser = argparse.ArgumentParser(prog="python -m keras_preact.serve", description=__doc__.split("\n\n")[0],
+                                     formatter_class=choices.HelpFormatter)
+    parser.add_argument("--export_dir", required=True, help="the model's base directory (holding version folders; required)")
+    parser.add_argument("--model_name", required=True, help="the NAME in /v1/models/NAME (required)")
     parser.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default (1-65535)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--max_batch", type=int, default=256, help=f"most images per request (at most {MAX_BATCH}); sets the body limit")
@@ -31,7 +36,14 @@ def _parser():
     parser.add_argument(
         "--version_labels", default="", help="LABEL=VERSION,... : also serve these versions at /labels/LABEL"
     )
-    parser.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json (off by default)")
+    parser.add_argument("--version_policy", default="latest:1",
+                        help="the versions served: latest:N (the N highest), all, or specific:V1,V2 (TF Serving's policies)")
+    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                        help="seconds between looks at --export_dir for new versions (0: only at start)")
+    parser.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json (default: off)")
+    parser.add_argument("--verbosity", choices=VERBOSITIES, default="info",
+                        help="the least severe log lines shown (info: one line a request); TensorFlow's C++ log "
+                             "follows $TF_CPP_MIN_LOG_LEVEL")
     return parser
 
 
@@ -55,6 +67,8 @@ def _check(args):
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be from 1 to 65535, got {args.port}.")
     choices.check_number("--read_timeout", args.read_timeout, low=0.001)
+    choices.check_number("--file_system_poll_wait_seconds", args.file_system_poll_wait_seconds, low=0)
+    VersionPolicy.parse(args.version_policy)
     return _labels(args.version_labels)
 
 
@@ -117,7 +131,9 @@ def main(argv=None):
         labels = _check(args)
     except ValueError as problem:
         parser.exit(1, f"error: {problem}\n")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=args.verbosity.upper(), format="%(asctime)s %(message)s")
+    for name in ("tensorflow", "absl"):  # their INFO lines only where asked for
+        logging.getLogger(name).setLevel(args.verbosity.upper() if args.verbosity == "debug" else "WARNING")
     import uvicorn
 
     from keras_preact.serving.rest import create_app, log
@@ -125,16 +141,18 @@ def main(argv=None):
     listener = None
     try:
         listener = _bind(args.host, args.port)
-        app = create_app(args.export_dir, args.model_name, args.max_batch, args.read_timeout, labels, args.docs)
+        app = create_app(args.export_dir, args.model_name, args.max_batch, args.read_timeout, labels, args.docs,
+                         args.version_policy, args.file_system_poll_wait_seconds)
     except (OSError, ValueError) as problem:
         if listener is not None:
             listener.close()
         parser.exit(1, f"error: {problem}\n")
     servable = app.state.servable
     log.info(
-        "Serving %s version %d%s as %r on http://%s:%d (at most %d images, %s bytes a request)",
-        args.export_dir, servable.latest, "".join(f", {k}={v}" for k, v in labels.items()), args.model_name,
-        args.host, args.port, args.max_batch, f"{app.state.body_limit:,}",
+        "Serving %s version(s) %s%s as %r on http://%s:%d (at most %d images, %s bytes a request; policy %s, "
+        "polled every %g s)", args.export_dir, ", ".join(map(str, servable.available())),
+        "".join(f", {k}={v}" for k, v in labels.items()), args.model_name, args.host, args.port, args.max_batch,
+        f"{app.state.body_limit:,}", args.version_policy, args.file_system_poll_wait_seconds,
     )
     config = uvicorn.Config(app, http=_protocol(args.read_timeout), log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[listener])

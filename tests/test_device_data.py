@@ -83,14 +83,24 @@ def test_folder_rules_are_the_shared_ones(sample_copy):
         device_data.load("cifar10", sample_copy)
 
 
-@pytest.mark.parametrize("mode, size, message", [("L", (32, 32), r"grayscale \(uint8\)"), ("RGBA", (32, 32), r"RGBA \(or CMYK\) \(uint8\)"),
-                                                 ("RGB", (24, 16), "24x16")])
-def test_images_that_are_not_32x32_rgb(sample_copy, mode, size, message):
+def test_images_that_are_not_32x32(sample_copy):
     from PIL import Image
 
-    Image.new(mode, size).save(sample_copy / "test" / "cat" / "odd.png")
-    with pytest.raises(ValueError, match=rf"test/cat/odd.png is {message}; CIFAR images must be 32x32 RGB"):
+    Image.new("RGB", (24, 16)).save(sample_copy / "test" / "cat" / "odd.png")
+    with pytest.raises(ValueError, match=r"test/cat/odd.png is 24x16; CIFAR images must be 32x32 RGB"):
         device_data.load("cifar10", sample_copy)
+
+
+def test_grayscale_and_alpha_images_read_as_rgb(sample_copy):
+    """As serving decodes them (issue 21.8): grey repeated into R, G and B, alpha dropped."""
+    from PIL import Image
+
+    Image.new("L", (32, 32), 7).save(sample_copy / "train" / "cat" / "gray.png")
+    Image.new("RGBA", (32, 32), (1, 2, 3, 4)).save(sample_copy / "train" / "cat" / "rgba.png")
+    train, _ = device_data.load("cifar10", sample_copy)
+    first = list(train.labels).index(3) + 3  # after cat's 3 JPEGs, in name order
+    np.testing.assert_array_equal(train.images[first], np.full((32, 32, 3), 7))
+    np.testing.assert_array_equal(train.images[first + 1], np.broadcast_to([1, 2, 3], (32, 32, 3)))
 
 
 def test_a_palette_png_reads_as_its_colours(sample_copy):

@@ -4,6 +4,7 @@ The server runs TensorFlow alone whatever KERAS_BACKEND says, so these tests run
 backend only; the exports they serve are tested on every backend in test_export.py.
 """
 
+import argparse
 import base64
 import contextlib
 import json
@@ -550,6 +551,9 @@ def test_every_flag_is_checked_at_start(server, tmp_path, capsys):
         ([], str(tmp_path / "incomplete"), "(found only: 1: no saved_model.pb)"),
         ([], str(tmp_path / "corrupt"), "1 cannot be loaded as a SavedModel"),
         (["--version_labels=stable=3"], export_dir, "Label 'stable' names version 3, which is not a complete version"),
+        (["--version_policy=newest"], export_dir, "--version_policy must be latest:N, all or specific:V1,V2,...; got 'newest'"),
+        (["--version_policy=specific:7"], export_dir, "has none of the versions 7 that --version_policy names"),
+        (["--file_system_poll_wait_seconds=-1"], export_dir, "--file_system_poll_wait_seconds must be in [0"),
     ]
     for flags, where, message in cases:
         if "--port" not in " ".join(flags):
@@ -599,3 +603,175 @@ def test_the_client_example_sends_the_test_folders_jpegs(server, tmp_path):
     readme = os.path.join(os.path.dirname(client), "..", "README.md")
     not_an_image = run_client(f"--images={readme}")
     assert not_an_image.returncode == 1 and not_an_image.stderr == f"error: {readme} is not a .jpg/.jpeg/.png file.\n"
+
+
+def test_pixel_arrays_are_parsed_by_numpy_and_anything_else_by_json():
+    from keras_preact.serving import request_json
+
+    batch = images(2, 7)
+    parsed = request_json.parse(json.dumps({"instances": batch.tolist(), "signature_name": "[1, 2]"}).encode())
+    assert parsed["signature_name"] == "[1, 2]" and parsed["instances"].dtype == np.uint8
+    np.testing.assert_array_equal(parsed["instances"], batch)
+    assert request_json.parse(b"[[],[]]").shape == (2, 0)
+    # Not one regular array of 0-255: Python's values, whose checks name the problem.
+    for text, value in [(b"[[1],[2,3]]", [[1], [2, 3]]), (b"[[1],2]", [[1], 2]), (b"[256]", [256]), (b"[1.5]", [1.5])]:
+        assert request_json.parse(text) == value
+    for text in (b"[1 2]", b"[01]", b"[1,,2]", b"[,1]", b"[1,]", b"[1][2]"):
+        with pytest.raises(ValueError):
+            request_json.parse(text)
+
+
+def test_huge_version_numbers_are_404_not_500(server):
+    for path in (f"/v1/models/{MODEL}/versions/{'9' * 5000}", f"/v1/models/{MODEL}/versions/{'9' * 5000}:predict"):
+        status, answer = call(server, path, {"instances": PIXELS_OK} if path.endswith("predict") else None)
+        assert status == 404 and "...(5000 characters)); served versions: 1, 2." in answer["error"], answer
+
+
+def test_slow_chunked_uploads_do_not_hold_the_body_limit(server):
+    """Sixteen uploads without a length trickle a byte at a time: they hold what has come, so a good
+    request is answered at once (TF Serving's case of slowloris bodies)."""
+    trickling = []
+    for _ in range(16):
+        connection = socket.create_connection(("127.0.0.1", server["port"]))
+        connection.sendall(f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        trickling.append(connection)
+    try:
+        for _ in range(3):
+            for connection in trickling:
+                connection.sendall(b"1\r\n[\r\n")
+            time.sleep(0.1)
+        started = time.time()
+        assert call(server, f"/v1/models/{MODEL}:predict", {"instances": PIXELS_OK})[0] == 200
+        answered = time.time() - started
+    finally:
+        for connection in trickling:
+            connection.close()
+    assert answered < READ_TIMEOUT - 0.5  # not after the uploads' time-out (generous: a busy CI)
+
+
+def test_prometheus_metrics(server):
+    call(server, f"/v1/models/{MODEL}:predict", {"instances": PIXELS_OK})
+    call(server, f"/v1/models/{MODEL}/versions/7")
+    request = urllib.request.Request(server["base"] + "/monitoring/prometheus/metrics")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert int(samples['keras_preact_requests_total{route="predict",code="200"}']) >= 1
+    assert int(samples['keras_preact_requests_total{route="status",code="404"}']) >= 1
+    assert samples['keras_preact_request_duration_seconds_count{route="predict"}'] == samples[
+        'keras_preact_request_duration_seconds_bucket{route="predict",le="+Inf"}']
+    assert samples['keras_preact_model_loads_total{outcome="success"}'] == "2"
+    assert samples['keras_preact_model_versions{state="AVAILABLE"}'] == "2"
+    assert "# TYPE keras_preact_request_duration_seconds histogram" in text
+
+
+def test_a_new_version_is_served_under_load_without_a_lost_request(tmp_path):
+    """Version 2 exported while 8 clients send requests: every request is answered 200, version 2
+    answers within the poll interval plus its load time, and version 1 is unloaded (latest:1)."""
+    from keras_preact.serving import rest
+
+    models = {}
+    for version in (1, 2):
+        models[version] = keras_preact.PreActResNet(8, block="basic")
+        randomize_batch_norms(models[version], seed=version)
+    keras_preact.export_saved_model(models[1], str(tmp_path), version=1)
+    batch = images(2, 11)
+    answers = {v: expected({"models": models}, batch, v) for v in (1, 2)}
+    with local_server(rest.create_app(str(tmp_path), MODEL, max_batch=4, poll_seconds=0.5)) as local:
+        results, stop = [], threading.Event()
+
+        def client():
+            while not stop.is_set():
+                status, body = call(local, f"/v1/models/{MODEL}:predict", {"instances": batch.tolist()})
+                probabilities = np.array([p["probabilities"] for p in body.get("predictions", [])])
+                version = next((v for v in (1, 2) if probabilities.shape == (2, 10) and np.allclose(
+                    probabilities, answers[v], atol=1e-5)), None)
+                results.append((time.time(), status, version))
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1)
+        keras_preact.export_saved_model(models[2], str(tmp_path), version=2)
+        exported = time.time()
+        deadline = exported + 60
+        while time.time() < deadline and not any(v == 2 and t > exported for t, _, v in results[-8:]):
+            time.sleep(0.2)
+        time.sleep(1)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        status = call(local, f"/v1/models/{MODEL}")[1]["model_version_status"]
+    assert [(s, v) for _, s, v in results if s != 200 or v is None] == []  # none lost, none wrong
+    first_v2 = min(t for t, _, v in results if v == 2)
+    assert first_v2 - exported < 30  # poll (0.5 s) + load (a few s); generous for a busy CI
+    assert all(v == 2 for t, _, v in results if t > first_v2 + 5)
+    assert [(s["version"], s["state"]) for s in status] == [("2", "AVAILABLE"), ("1", "END")]
+
+
+def odd_image_files():
+    """{kind: file} of 4x4 images that are not 8-bit RGB, as real data sets hold them."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+
+    def saved(image, kind, **options):
+        buffer = io.BytesIO()
+        image.save(buffer, kind, **options)
+        return buffer.getvalue()
+
+    def png16(values, colour):  # Pillow writes no 16-bit RGB PNG: the chunks by hand
+        rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in values)
+        chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        header = struct.pack(">IIBBBBB", 4, 4, 16, colour, 0, 0, 0)
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+    return {
+        "grayscale png": saved(Image.fromarray(rgb[..., 0]), "PNG"),
+        "grayscale jpeg": saved(Image.fromarray(rgb[..., 0]), "JPEG"),
+        "grayscale+alpha png": saved(Image.fromarray(rgb[..., :2].copy(), "LA"), "PNG"),
+        "rgba png": saved(Image.fromarray(np.dstack([rgb, rgb[..., :1]]), "RGBA"), "PNG"),
+        "palette png": saved(Image.fromarray(rgb).quantize(8), "PNG"),
+        "palette png with transparency": saved(Image.fromarray(rgb).quantize(8), "PNG", transparency=2),
+        "cmyk jpeg": saved(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
+        "16-bit grayscale png": png16(rng.integers(0, 65536, (4, 4)), 0),
+        "16-bit rgb png": png16(rng.integers(0, 65536, (4, 12)), 2),
+    }
+
+
+@pytest.mark.parametrize("kind", list(odd_image_files()))
+def test_training_decodes_each_kind_of_file_as_serving_does(tmp_path, kind):
+    """Training's decoder (Pillow) and the SavedModel's (TensorFlow's decode_png/decode_jpeg with 3
+    channels, what the encoded_images signature runs) give the same RGB pixels."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from keras_preact.serving.decoding import decode_rgb
+
+    data = odd_image_files()[kind]
+    served = (tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE") if data[:3] == b"\xff\xd8\xff"
+              else tf.io.decode_png(data, channels=3)).numpy()
+    with Image.open(io.BytesIO(data)) as image:
+        np.testing.assert_array_equal(decode_rgb(image), served)
+    assert served.std() > 0  # a real image, not a blank one that any decoder would match
+
+
+def test_help_lists_every_flag_with_its_default(capsys):
+    from keras_preact import export, serve
+
+    for command in (serve, export):
+        with pytest.raises(SystemExit):
+            command.main(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for action in command._parser()._actions:
+            flag = action.option_strings[-1]
+            assert flag in text, flag
+            assert action.help and (action.default in (None, False, argparse.SUPPRESS) or f"(default: {action.default})" in text), flag

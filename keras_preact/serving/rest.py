@@ -8,34 +8,38 @@
     curl -X POST localhost:8501/v1/models/resnet164:predict \
          -d '{"signature_name": "encoded_images", "instances": [{"b64": "<base64 JPEG>"}]}'
 
-It needs TensorFlow, FastAPI and uvicorn, not Keras. It serves the highest complete version folder
-(as TF Serving does) and any version named by a label; every error is `{"error": "..."}` with a
-4xx status (5xx only for a fault of the server, logged with its request).
+    curl localhost:8501/monitoring/prometheus/metrics            # requests, latency, model loads
+
+It needs TensorFlow, FastAPI and uvicorn, not Keras. It serves the versions its policy names
+(default: the highest complete version folder, as TF Serving does) and any version named by a
+label, and follows new versions as they are exported (`versions.Servable`); every error is
+`{"error": "..."}` with a 4xx status (5xx only for a fault of the server, logged with its request).
+Each path is answered by one handler of `HANDLERS`.
 """
 
 import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import itertools
 import json
-import logging
-import os
 import re
 import time
 
 import numpy as np
 
 from keras_preact import choices
-from keras_preact.serving.layout import VERSION, servable_versions
-
-log = logging.getLogger("keras_preact.serve")
+from keras_preact.serving import request_json
+from keras_preact.serving.metrics import Metrics
+from keras_preact.serving.versions import STATES, RequestError, Servable, VersionPolicy, first_line, log
 
 # TF Serving's paths: /v1/models/NAME[/versions/N | /labels/L][/metadata | :VERB].
 ROUTE = re.compile(
     r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?:(?P<metadata>/metadata)|:(?P<verb>[^/:]*))?/?"
 )
+METRICS_PATH = "/monitoring/prometheus/metrics"
 # Pixels as JSON text: "255, " (json.dumps' separators) plus a pixel's brackets is 5.7 bytes a
 # value; compact JSON ("255,") 4.7. Indented JSON (a line per value) does not fit.
 BYTES_PER_PIXEL_VALUE = 6
@@ -56,136 +60,42 @@ VALUE_KINDS = {bool: "true/false", float: "a number with a fraction or exponent 
                type(None): "null", dict: "an object", list: "a list"}
 
 
-class RequestError(Exception):
-    """A request the server answers with `status` and `{"error": message}`."""
-
-    def __init__(self, status, message, headers=None):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers
-
-
 def bad_request(message):
     return RequestError(400, message)
 
 
 class BodyBudget:
-    """Bytes of request bodies held at once, over all requests: a request reserves its body's size
-    before reading it, and waits while the others hold the rest."""
+    """Bytes of request bodies held at once, over all requests: a request reserves its body's
+    declared size before reading it, or (sent without a length) each chunk as it comes, and
+    waits while the others hold the rest."""
 
     def __init__(self, capacity):
         self.free = capacity
         self.released = asyncio.Condition()
 
     @contextlib.asynccontextmanager
-    async def reserve(self, size):
-        async with self.released:
-            await self.released.wait_for(lambda: self.free >= size)
-            self.free -= size
+    async def hold(self):
+        """A Holding whose bytes return to the budget when the block ends."""
+        holding = Holding(self)
         try:
-            yield
+            yield holding
         finally:
             async with self.released:
-                self.free += size
+                self.free += holding.size
                 self.released.notify_all()
 
 
-class Version:
-    """One loaded version folder: its signatures that take one `images` tensor."""
+class Holding:
+    """What one request holds of a BodyBudget."""
 
-    def __init__(self, path, number):
-        import tensorflow as tf
+    def __init__(self, budget):
+        self.budget, self.size = budget, 0
 
-        self.number = number
-        try:
-            loaded = tf.saved_model.load(path)
-        except Exception as error:  # a corrupt file can raise anything from protobuf to OSError
-            raise ValueError(f"{path} cannot be loaded as a SavedModel: {_first_line(error)}") from None
-        self._loaded = loaded  # keeps the signatures' variables alive
-        self.signatures = {}
-        for name, function in loaded.signatures.items():
-            inputs = function.structured_input_signature[1]
-            if set(inputs) == {"images"} and inputs["images"].dtype in (tf.uint8, tf.string):
-                self.signatures[name] = function
-        if "serving_default" not in self.signatures:
-            raise ValueError(f"{path} has no serving_default signature taking uint8 `images`: is it a keras_preact export?")
-        self.metadata = _signature_metadata(path)
-
-    def input_spec(self, signature):
-        return self.signatures[signature].structured_input_signature[1]["images"]
-
-
-def _signature_metadata(path):
-    """The signatures of `path` in TF Serving's metadata JSON (SignatureDefMap, proto field names)."""
-    from google.protobuf import json_format
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-        saved_model.ParseFromString(f.read())
-    signatures = saved_model.meta_graphs[0].signature_def
-    return {
-        name: json_format.MessageToDict(
-            signatures[name], always_print_fields_with_no_presence=True, preserving_proto_field_name=True
-        )
-        for name in signatures
-    }
-
-
-class Servable:
-    """The versions of an exported model that the server answers for: the highest complete one,
-    and those named by `labels` ({label: version})."""
-
-    def __init__(self, export_dir, labels=None):
-        labels = dict(labels or {})
-        if not os.path.isdir(export_dir):
-            problem = "is a file" if os.path.exists(export_dir) else "does not exist"
-            raise FileNotFoundError(f"export_dir {export_dir} {problem}: pass the folder that holds the version folders.")
-        complete, skipped = servable_versions(export_dir)
-        for name, reason in skipped:
-            log.warning("Skipping %s: %s", os.path.join(export_dir, name), reason)
-        if not complete:
-            found = f" (found only: {', '.join(f'{n}: {r}' for n, r in skipped)})" if skipped else ""
-            raise FileNotFoundError(
-                f"{export_dir} has no complete numbered version folder (e.g. {export_dir}/1/saved_model.pb){found}. "
-                "Export one with keras_preact.export_saved_model or `python -m keras_preact.export`."
-            )
-        for label, number in labels.items():
-            if number not in complete:
-                raise ValueError(
-                    f"Label {label!r} names version {number}, which is not a complete version of {export_dir} "
-                    f"(complete: {', '.join(map(str, complete))})."
-                )
-        self.latest = complete[-1]
-        self.labels = labels
-        self.versions = {
-            number: Version(os.path.join(export_dir, str(number)), number)
-            for number in sorted({self.latest, *labels.values()})
-        }
-
-    def image_values(self):
-        """The most pixel values one image of any served version takes (224x224x3 where any size goes)."""
-        sizes = []
-        for version in self.versions.values():
-            shape = version.input_spec("serving_default").shape[1:]
-            sizes.append(int(np.prod([d if d is not None else 224 for d in shape])))
-        return max(sizes)
-
-    def resolve(self, model_name, name, version, label):
-        """The Version a path names, or a 404."""
-        if name != model_name:
-            raise RequestError(404, f"Servable not found for request: Latest({name}); this server serves {model_name!r}.")
-        if label is not None:
-            if label not in self.labels:
-                known = ", ".join(map(repr, self.labels)) or "none (start the server with --version_labels)"
-                raise RequestError(404, f"Unrecognized servable version label: {label}. Labels: {known}.")
-            return self.versions[self.labels[label]]
-        if version is None:
-            return self.versions[self.latest]
-        if not VERSION.fullmatch(version) or int(version) not in self.versions:
-            served = ", ".join(map(str, self.versions))
-            raise RequestError(404, f"Servable not found for request: Specific({name}, {version}); served versions: {served}.")
-        return self.versions[int(version)]
+    async def grow(self, size):
+        async with self.budget.released:
+            await self.budget.released.wait_for(lambda: self.budget.free >= size)
+            self.budget.free -= size
+        self.size += size
 
 
 def predict(version, body, max_batch):
@@ -199,9 +109,9 @@ def predict(version, body, max_batch):
             f"Unknown signature_name {signature!r}; this model has {', '.join(map(repr, version.signatures))}."
         )
     layout, values = _input_values(request)
-    if not isinstance(values, list):
+    if not isinstance(values, (list, np.ndarray)):
         raise bad_request("The images must be a list (one entry per image).")
-    if not values:
+    if not len(values):
         raise bad_request("The request holds no images.")
     if len(values) > max_batch:
         raise bad_request(f"The request holds {len(values)} images; at most {max_batch} per request.")
@@ -218,11 +128,11 @@ def predict(version, body, max_batch):
 
 def _parse_json(body):
     try:
-        request = json.loads(body)
+        request = request_json.parse(body)
     except RecursionError:
         raise bad_request("Malformed JSON: nested too deeply.") from None
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, Python's limit on integer digits
-        problem = "a number has thousands of digits" if "digits" in str(error) else _first_line(error)
+        problem = "a number has thousands of digits" if "digits" in str(error) else first_line(error)
         raise bad_request(f"Malformed JSON: {problem}.") from None
     if not isinstance(request, dict):
         raise bad_request('The body must be a JSON object with "instances" or "inputs".')
@@ -250,19 +160,37 @@ def _input_values(request):
     if "inputs" in request:
         return "columnar", _named(request["inputs"], '"inputs"')
     instances = request["instances"]
+    if isinstance(instances, np.ndarray):  # a batch of pixels, parsed as one array
+        return "row", instances
     if not isinstance(instances, list):
         raise bad_request('"instances" must be a list of images.')
     return "row", [_named(instance, "An instance") for instance in instances]
 
 
 def _pixel_images(values, shape, signature):
-    """A uint8 array from nested lists of JSON integers 0-255, of shape [batch, *shape]."""
+    """A uint8 array of shape [batch, *shape] from the images as parsed: one array (a batch), a list
+    of arrays (one per instance), or nested lists where they were no regular array of 0-255."""
     expected = ", ".join("any" if d is None else str(d) for d in (None, *shape))
     if any(isinstance(value, dict) for value in values):
         raise bad_request(
             f"{signature} takes raw pixels as JSON integers; for JPEG/PNG files as {{\"b64\": ...}} send "
             '"signature_name": "encoded_images".'
         )
+    if isinstance(values, list) and values and all(isinstance(value, np.ndarray) for value in values):
+        if len({value.shape for value in values}) > 1:
+            raise bad_request(f"The images must be nested lists of shape [{expected}] (batch first).")
+        values = np.stack(values)
+    pixels = values if isinstance(values, np.ndarray) else _listed_pixels(values, shape, expected)
+    if pixels.ndim != 1 + len(shape):
+        raise bad_request(f"The images must be nested lists of shape [{expected}] (batch first).")
+    if any(e is not None and e != s for e, s in zip(shape, pixels.shape[1:])):
+        raise bad_request(f"The images have shape {list(pixels.shape)}; expected [{expected}] (batch first).")
+    return pixels
+
+
+def _listed_pixels(values, shape, expected):
+    """Nested lists that `request_json` left to Python's json as uint8 pixels, or the 400 that
+    says what is wrong with them."""
     flat = values
     try:
         for _ in range(len(shape)):
@@ -271,7 +199,7 @@ def _pixel_images(values, shape, signature):
         raise bad_request(f"The images must be nested lists of shape [{expected}] (batch first).") from None
     kinds = set(map(type, flat)) - {int}
     if kinds:
-        if list in kinds:
+        if list in kinds or np.ndarray in kinds:
             raise bad_request(f"The images must be nested lists of shape [{expected}] (batch first).")
         found = ", ".join(sorted(VALUE_KINDS.get(kind, kind.__name__) for kind in kinds))
         raise bad_request(f"Pixel values must be JSON integers from 0 to 255; found {found}.")
@@ -281,9 +209,7 @@ def _pixel_images(values, shape, signature):
         raise bad_request(f"The images must be nested lists of shape [{expected}] (batch first).") from None
     except OverflowError:
         raise bad_request("Pixel values must be integers from 0 to 255 (raw uint8 pixels).") from None
-    if pixels.ndim != 1 + len(shape) or any(e is not None and e != s for e, s in zip(shape, pixels.shape[1:])):
-        raise bad_request(f"The images have shape {list(pixels.shape)}; expected [{expected}] (batch first).")
-    if pixels.min() < 0 or pixels.max() > 255:
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
         raise bad_request("Pixel values must be integers from 0 to 255 (raw uint8 pixels, not normalised).")
     return pixels.astype(np.uint8)
 
@@ -332,21 +258,16 @@ def _format_response(outputs, layout):
     return {"predictions": [dict(zip(outputs, row)) for row in rows]}
 
 
-def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def declared_length(request):
     """The body's size from Content-Length, or None (chunked, or a value h11 would refuse)."""
     length = request.headers.get("content-length")
     return int(length) if length is not None and length.isdigit() else None
 
 
-async def read_body(request, limit, timeout):
-    """The request body, or a 408 when it has not all arrived within `timeout` seconds, or a 413
-    past `limit` bytes: after reading and discarding up to DRAIN_LIMITS limits, at once for a
-    Content-Length over that."""
+async def read_body(request, limit, timeout, holding):
+    """The request body, held in `holding` (a declared length at once, else chunk by chunk), or a
+    408 when it has not all arrived within `timeout` seconds, or a 413 past `limit` bytes: after
+    reading and discarding up to DRAIN_LIMITS limits, at once for a Content-Length over that."""
     declared = declared_length(request)
     too_long = RequestError(
         413, f"The body has {declared:,} bytes; at most {limit:,} (set by --max_batch)." if declared is not None
@@ -354,6 +275,8 @@ async def read_body(request, limit, timeout):
     )
     if declared is not None and declared > DRAIN_LIMITS * limit:
         raise too_long
+    if declared is not None and declared <= limit:  # waited for unread, before the read's clock starts
+        await holding.grow(declared)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     chunks, size = [], 0
@@ -361,6 +284,8 @@ async def read_body(request, limit, timeout):
     while size <= DRAIN_LIMITS * limit:
         try:
             chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - loop.time(), 0))
+            if declared is None and size + len(chunk) <= limit:
+                await asyncio.wait_for(holding.grow(len(chunk)), max(deadline - loop.time(), 0))
         except StopAsyncIteration:
             break
         except asyncio.TimeoutError:
@@ -373,96 +298,167 @@ async def read_body(request, limit, timeout):
     return b"".join(chunks)
 
 
-def create_app(export_dir, model_name, max_batch=256, read_timeout=30.0, version_labels=None, docs=False):
+@dataclasses.dataclass
+class Server:
+    """What every handler reads: the versions, the limits and the counters."""
+
+    servable: Servable
+    model_name: str
+    max_batch: int
+    read_timeout: float
+    body_limit: int
+    bodies: BodyBudget
+    metrics: Metrics
+    limiter: object  # anyio.CapacityLimiter: requests parsed and run at once
+
+
+def _versions_by_state(servable):
+    counts = dict.fromkeys(STATES, 0)
+    for entry in servable.status():
+        counts[entry["state"]] += 1
+    return counts
+
+
+async def handle_status(server, request, route):
+    with server.servable.use(server.model_name, *route.group("name", "version", "label")) as version:
+        explicit = route.group("version") is not None or route.group("label") is not None
+        return {"model_version_status": server.servable.status(version.number if explicit else None)}
+
+
+async def handle_metadata(server, request, route):
+    with server.servable.use(server.model_name, *route.group("name", "version", "label")) as version:
+        return {
+            "model_spec": {"name": server.model_name, "signature_name": "", "version": str(version.number)},
+            "metadata": {"signature_def": {"signature_def": version.metadata}},
+        }
+
+
+async def handle_predict(server, request, route):
+    import anyio
+
+    with server.servable.use(server.model_name, *route.group("name", "version", "label")) as version:
+        # Held from its first byte read to its answer; a declared body over the limit is drained, not held.
+        async with server.bodies.hold() as holding:
+            body = await read_body(request, server.body_limit, server.read_timeout, holding)
+            # Parsing and inference run in worker threads, so that concurrent requests run side by side.
+            request.state.images, response = await anyio.to_thread.run_sync(
+                predict, version, body, server.max_batch, limiter=server.limiter
+            )
+        return response
+
+
+async def handle_metrics(server, request, route):
+    return server.metrics.text(_versions_by_state(server.servable))
+
+
+# action: (the methods it answers, its handler)
+HANDLERS = {
+    "status": (("GET", "HEAD"), handle_status),
+    "metadata": (("GET", "HEAD"), handle_metadata),
+    "predict": (("POST",), handle_predict),
+    "metrics": (("GET", "HEAD"), handle_metrics),
+}
+
+
+def route_of(path):
+    """(action, the path's match) for a path of TF Serving's REST API, or a RequestError."""
+    if path.rstrip("/") == METRICS_PATH:
+        return "metrics", None
+    route = ROUTE.fullmatch(path)
+    if route is None:
+        raise RequestError(
+            404, f"Not found: {path}. TF Serving's paths: /v1/models/NAME[/versions/N|/labels/L][/metadata|:predict], "
+            f"{METRICS_PATH}."
+        )
+    verb = route.group("verb")
+    if verb is not None and verb.lower() != "predict":
+        raise RequestError(404 if verb.lower() not in ("classify", "regress") else 400,
+                           f"Unsupported method :{verb}; this model answers :predict.")
+    return ("predict" if verb is not None else "metadata" if route.group("metadata") else "status"), route
+
+
+async def answer(server, request):
+    """The response's content for `request`, or a RequestError."""
+    path = request.url.path
+    action, route = route_of(path)
+    request.state.action = action  # counted under it whatever the answer
+    methods, handler = HANDLERS[action]
+    if request.method not in methods:
+        if action == "predict":
+            raise RequestError(405, f"{request.method} is not allowed on :predict; use POST.", {"Allow": "POST"})
+        suggestion = "" if action == "metrics" else f" (or POST to {path}:predict)"
+        raise RequestError(405, f"{request.method} is not allowed on {path}; use GET{suggestion}.", {"Allow": "GET, HEAD"})
+    return await handler(server, request, route)
+
+
+def respond(content, status=200, headers=None):
+    """JSON as TF Serving writes it: a model's NaN or infinite outputs as the tokens NaN, Infinity and
+    -Infinity (Starlette's JSONResponse refuses them: a 500; Python's json and most clients read them)."""
+    from fastapi.responses import Response
+
+    if isinstance(content, str):  # Prometheus' text
+        return Response(content, status, headers, media_type="text/plain; version=0.0.4")
+    text = json.dumps(content, ensure_ascii=False, allow_nan=True, separators=(",", ":"))
+    return Response(text, status, headers, media_type="application/json")
+
+
+async def serve_request(server, request):
+    """The response to any request, logged and counted; a fault of the server is a logged 500."""
+    started = time.perf_counter()
+    request.state.images, request.state.action = 0, "unknown"
+    try:
+        response = respond(await answer(server, request))
+    except RequestError as problem:
+        response = respond({"error": str(problem)}, problem.status, problem.headers)
+    except Exception:
+        log.exception("Internal error for %s %s (%s bytes)", request.method, request.url.path,
+                      request.headers.get("content-length", "unknown"))
+        response = respond({"error": "Internal server error; the server log has the details."}, 500)
+    seconds = time.perf_counter() - started
+    server.metrics.request(request.state.action, response.status_code, seconds)
+    log.info("%s %s -> %d, %d images, %.1f ms", request.method, request.url.path, response.status_code,
+             request.state.images, 1000 * seconds)
+    return response
+
+
+def create_app(export_dir, model_name, max_batch=256, read_timeout=30.0, version_labels=None, docs=False,
+               version_policy="latest:1", poll_seconds=0):
     """The FastAPI application serving `export_dir` as `model_name`.
 
     `max_batch`: most images per request; the body limit is `max_batch` images as JSON pixels.
     `read_timeout`: seconds a request body may take to arrive. `version_labels`: {label: version}.
-    `docs`: serve FastAPI's /docs and /openapi.json.
+    `docs`: serve FastAPI's /docs and /openapi.json. `version_policy`: `latest:N`, `all` or
+    `specific:V1,V2`. `poll_seconds`: how often the folder is looked at for new versions (0: never).
     """
     from fastapi import FastAPI, Request
-    from fastapi.responses import Response
-    import anyio
     from starlette.exceptions import HTTPException
+    import anyio
 
     choices.check_count("max_batch", max_batch, maximum=MAX_BATCH)
-    servable = Servable(export_dir, version_labels)
-    limiter = anyio.CapacityLimiter(PARALLEL_REQUESTS)
+    choices.check_number("poll_seconds", poll_seconds, low=0)
+    metrics = Metrics()
+    servable = Servable(export_dir, version_labels, VersionPolicy.parse(version_policy), on_load=metrics.load)
     body_limit = max_batch * servable.image_values() * BYTES_PER_PIXEL_VALUE + BODY_OVERHEAD
-    bodies = BodyBudget(BODIES_HELD * body_limit)
+    server = Server(servable, model_name, max_batch, read_timeout, body_limit, BodyBudget(BODIES_HELD * body_limit),
+                    metrics, anyio.CapacityLimiter(PARALLEL_REQUESTS))
     hidden = {"docs_url": None, "redoc_url": None, "openapi_url": None}
-    app = FastAPI(title=f"keras_preact: {model_name}", **({} if docs else hidden))
 
-    def respond(content, status=200, headers=None):
-        # As TF Serving writes it: a model's NaN or infinite outputs as the tokens NaN, Infinity and
-        # -Infinity (Starlette's JSONResponse refuses them: a 500; Python's json and most clients read them).
-        text = json.dumps(content, ensure_ascii=False, allow_nan=True, separators=(",", ":"))
-        return Response(text, status, headers, media_type="application/json")
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        servable.start_polling(poll_seconds)
+        yield
+        servable.stop()
 
-    def error(status, message, headers=None):
-        return respond({"error": message}, status, headers)
+    app = FastAPI(title=f"keras_preact: {model_name}", lifespan=lifespan, **({} if docs else hidden))
 
     @app.exception_handler(HTTPException)
     async def http_error(request, problem):  # what Starlette answers itself (an unknown method)
         log.info("%s %s -> %d", request.method, request.url.path, problem.status_code)
-        return error(problem.status_code, f"{request.method} is not allowed here.", problem.headers)
-
-    def status(version):
-        return {"version": str(version.number), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-
-    async def answer(request, path):
-        route = ROUTE.fullmatch(path)
-        if route is None:
-            raise RequestError(404, f"Not found: {path}. TF Serving's paths: /v1/models/NAME[/versions/N|/labels/L][/metadata|:predict].")
-        name, number, label = route.group("name", "version", "label")
-        verb = route.group("verb")
-        if verb is not None:
-            if verb.lower() != "predict":
-                raise RequestError(404 if verb.lower() not in ("classify", "regress") else 400,
-                                   f"Unsupported method :{verb}; this model answers :predict.")
-            if request.method != "POST":
-                raise RequestError(405, f"{request.method} is not allowed on :predict; use POST.", {"Allow": "POST"})
-            version = servable.resolve(model_name, name, number, label)
-            declared = declared_length(request)
-            # Held from its first byte read to its answer; a declared body over the limit is drained, not held.
-            async with bodies.reserve(body_limit if declared is None else declared if declared <= body_limit else 0):
-                body = await read_body(request, body_limit, read_timeout)
-                # Parsing and inference run in worker threads, so that concurrent requests run side by side.
-                request.state.images, response = await anyio.to_thread.run_sync(predict, version, body, max_batch, limiter=limiter)
-            return response
-        if request.method not in ("GET", "HEAD"):
-            raise RequestError(
-                405, f"{request.method} is not allowed on {path}; use GET (or POST to {path}:predict).", {"Allow": "GET, HEAD"}
-            )
-        if number is None and label is None and route.group("metadata") is None:
-            servable.resolve(model_name, name, None, None)
-            return {"model_version_status": [status(v) for v in reversed(servable.versions.values())]}
-        version = servable.resolve(model_name, name, number, label)
-        if route.group("metadata"):
-            return {
-                "model_spec": {"name": model_name, "signature_name": "", "version": str(version.number)},
-                "metadata": {"signature_def": {"signature_def": version.metadata}},
-            }
-        return {"model_version_status": [status(version)]}
+        return respond({"error": f"{request.method} is not allowed here."}, problem.status_code, problem.headers)
 
     @app.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
     async def handle(request: Request, path: str):  # noqa: ARG001 (`path` names the route's catch-all)
-        started = time.perf_counter()
-        request.state.images = 0
-        try:
-            response = respond(await answer(request, request.url.path))
-        except RequestError as problem:
-            response = error(problem.status, str(problem), problem.headers)
-        except Exception:
-            log.exception("Internal error for %s %s (%s bytes)", request.method, request.url.path,
-                          request.headers.get("content-length", "unknown"))
-            response = error(500, "Internal server error; the server log has the details.")
-        log.info(
-            "%s %s -> %d, %d images, %.1f ms", request.method, request.url.path, response.status_code,
-            request.state.images, 1000 * (time.perf_counter() - started),
-        )
-        return response
+        return await serve_request(server, request)
 
-    app.state.servable = servable
-    app.state.body_limit = body_limit
+    app.state.servable, app.state.body_limit = servable, body_limit
     return app

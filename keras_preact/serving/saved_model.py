@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import keras
 import numpy as np
@@ -36,7 +36,13 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_ASPECT_RATIO = 16
 
 
-def export_saved_model(model, export_dir, dataset="cifar10", version=1, class_names=None):
+def export_saved_model(
+    model: keras.Model,
+    export_dir: str | os.PathLike,
+    dataset: str | tuple[Sequence[float], Sequence[float]] = "cifar10",
+    version: int = 1,
+    class_names: Iterable[str] | None = None,
+) -> str:
     """Writes `export_dir/<version>/`, a SavedModel that TF Serving can serve, with two signatures.
 
     `serving_default` takes `images`, uint8 `[batch, H, W, 3]` raw pixels, and returns
@@ -77,6 +83,14 @@ def export_saved_model(model, export_dir, dataset="cifar10", version=1, class_na
     >>> sorted(os.listdir(path))
     ['assets', 'fingerprint.pb', 'saved_model.pb', 'variables']
     """
+    export_dir, version, signature = _checked(model, export_dir, dataset, version, class_names)
+    _write_version(model, export_dir, version, signature)
+    return os.path.join(export_dir, str(version))
+
+
+def _checked(model, export_dir, dataset, version, class_names):
+    """(export_dir, version, what `_wrap` takes after the input shape) of a valid export, or the
+    error that names what is wrong, before any work."""
     check_export_dir(export_dir)
     version = choices.check_count("version", version)
     record = choices.DATASETS[dataset] if isinstance(dataset, str) else dataset if isinstance(dataset, choices.Dataset) else None
@@ -96,7 +110,13 @@ def export_saved_model(model, export_dir, dataset="cifar10", version=1, class_na
     if os.path.exists(target):
         state = f"holds an incomplete export ({incomplete(target)}): remove it" if incomplete(target) else "exists"
         raise FileExistsError(f"{target} {state}. Choose a new version, or remove it first.")
+    return export_dir, version, (dataset if normalise else None, softmax_output, names, image)
 
+
+def _write_version(model, export_dir, version, signature):
+    """Exports `model` to `export_dir/<version>` through a hidden partial folder; `signature`: what
+    `_wrap` takes after the input shape."""
+    target = os.path.join(export_dir, str(version))
     os.makedirs(export_dir, exist_ok=True)
     # Not mkdtemp: its 0700 mode would stay on the version folder, unreadable to a server of another user.
     partial = os.path.join(export_dir, partial_prefix(version) + secrets.token_hex(6))
@@ -110,12 +130,11 @@ def export_saved_model(model, export_dir, dataset="cifar10", version=1, class_na
                 saved = os.path.join(scratch, "model.keras")
                 model.save(saved)
                 _export_in_tensorflow_process(saved, bare)
-            _wrap(bare, partial, model.input.shape, dataset if normalise else None, softmax_output, names, image)
+            _wrap(bare, partial, model.input.shape, *signature)
         _publish(partial, target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return target
 
 
 def _publish(partial, target):
@@ -224,7 +243,9 @@ def _export_in_tensorflow_process(keras_file, target, export_format="tf_saved_mo
         raise RuntimeError(f"Exporting through the TensorFlow backend failed:\n{result.stderr[-2000:]}")
 
 
-def export_onnx(model, path, dataset="cifar10"):
+def export_onnx(
+    model: keras.Model, path: str | os.PathLike, dataset: str | tuple[Sequence[float], Sequence[float]] = "cifar10"
+) -> str:
     """Writes an ONNX model: float32 raw pixels `[batch, H, W, 3]` (0-255) in, probabilities out.
 
     The dataset's normalisation is part of the graph, as in the SavedModel. Needs the `[onnx]`
@@ -263,49 +284,7 @@ def _wrap(bare, target, input_shape, dataset, softmax_output, names, image):
     import tensorflow as tf
 
     network = tf.saved_model.load(bare)
-    height, width, shorter = image
-
-    def decode(index, data):
-        """One JPEG/PNG file to float32 pixels of the model's size, or an InvalidArgument error."""
-        is_jpeg = tf.strings.substr(data, 0, 3) == b"\xff\xd8\xff"
-        is_png = (tf.strings.substr(data, 0, 8) == b"\x89PNG\r\n\x1a\n") & (tf.strings.length(data) >= 24)
-        known = tf.debugging.Assert(is_jpeg | is_png, [tf.strings.format("Image {} is not a JPEG or PNG file.", index)])
-        with tf.control_dependencies([known]):
-            # From the header, before decoding: (height, width).
-            size = tf.cond(
-                is_jpeg,
-                lambda: tf.io.extract_jpeg_shape(data)[:2],
-                lambda: tf.reverse(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.int32, little_endian=False), [0]),
-            )
-        if shorter is None:
-            checks = [((size[0] == height) & (size[1] == width),
-                       "Image {} is {}x{} pixels (width x height); this model takes exactly %dx%d (images are not "
-                       "resized for it)." % (width, height))]
-        else:
-            longer, short = (tf.cast(side, tf.int64) for side in (tf.reduce_max(size), tf.reduce_min(size)))
-            checks = [(longer * short <= MAX_IMAGE_PIXELS,
-                       "Image {} is {}x{} pixels, over %d megapixels." % (MAX_IMAGE_PIXELS // 10**6)),
-                      (longer <= MAX_ASPECT_RATIO * short,
-                       "Image {} is {}x{} pixels: aspect ratio too extreme (over %d:1); the model sees a square "
-                       "centre crop, so crop the image nearer to square first." % MAX_ASPECT_RATIO)]
-        checked = [tf.debugging.Assert(fits, [tf.strings.format(problem, (index, size[1], size[0]))]) for fits, problem in checks]
-        with tf.control_dependencies(checked):
-            # libjpeg's accurate integer IDCT, as Pillow (the training pipeline's decoder) uses:
-            # TensorFlow's default fast IDCT differs by up to 5 levels a pixel.
-            pixels = tf.cond(
-                is_jpeg,
-                lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-                lambda: tf.io.decode_png(data, channels=3),
-            )
-        if shorter is None:
-            return tf.ensure_shape(tf.cast(pixels, tf.float32), [height, width, 3])
-        # The standard evaluation view: shorter side to `shorter`, then the centre crop (resized
-        # from uint8: a float32 copy of a large photo would be 4x its size).
-        scale = shorter / tf.cast(tf.reduce_min(size), tf.float32)
-        resized = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), [height, width])
-        pixels = tf.image.resize(pixels, resized, method="bilinear", antialias=True)
-        top, left = (resized[0] - height) // 2, (resized[1] - width) // 2
-        return tf.ensure_shape(pixels[top : top + height, left : left + width, :], [height, width, 3])
+    height, width, _ = image
 
     class Serving(tf.Module):
         def __init__(self):
@@ -327,7 +306,7 @@ def _wrap(bare, target, input_shape, dataset, softmax_output, names, image):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         def serve_encoded(self, images):
             pixels = tf.map_fn(
-                lambda item: decode(*item),
+                lambda item: _decode(*item, image),
                 (tf.range(tf.size(images, out_type=tf.int64)), images),
                 fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32),
             )
@@ -339,3 +318,50 @@ def _wrap(bare, target, input_shape, dataset, softmax_output, names, image):
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     signatures = {SIGNATURE: module.serve, ENCODED_SIGNATURE: module.serve_encoded}
     tf.saved_model.save(module, target, signatures=signatures, options=options)
+
+
+def _decode(index, data, image):
+    """One JPEG/PNG file to float32 pixels of the model's size (`image`: height, width, shorter side
+    or None), or an InvalidArgument error."""
+    import tensorflow as tf
+
+    height, width, shorter = image
+    is_jpeg = tf.strings.substr(data, 0, 3) == b"\xff\xd8\xff"
+    is_png = (tf.strings.substr(data, 0, 8) == b"\x89PNG\r\n\x1a\n") & (tf.strings.length(data) >= 24)
+    known = tf.debugging.Assert(is_jpeg | is_png, [tf.strings.format("Image {} is not a JPEG or PNG file.", index)])
+    with tf.control_dependencies([known]):
+        # From the header, before decoding: (height, width).
+        size = tf.cond(
+            is_jpeg,
+            lambda: tf.io.extract_jpeg_shape(data)[:2],
+            lambda: tf.reverse(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.int32, little_endian=False), [0]),
+        )
+    if shorter is None:
+        checks = [((size[0] == height) & (size[1] == width),
+                   "Image {} is {}x{} pixels (width x height); this model takes exactly %dx%d (images are not "
+                   "resized for it)." % (width, height))]
+    else:
+        longer, short = (tf.cast(side, tf.int64) for side in (tf.reduce_max(size), tf.reduce_min(size)))
+        checks = [(longer * short <= MAX_IMAGE_PIXELS,
+                   "Image {} is {}x{} pixels, over %d megapixels." % (MAX_IMAGE_PIXELS // 10**6)),
+                  (longer <= MAX_ASPECT_RATIO * short,
+                   "Image {} is {}x{} pixels: aspect ratio too extreme (over %d:1); the model sees a square "
+                   "centre crop, so crop the image nearer to square first." % MAX_ASPECT_RATIO)]
+    checked = [tf.debugging.Assert(fits, [tf.strings.format(problem, (index, size[1], size[0]))]) for fits, problem in checks]
+    with tf.control_dependencies(checked):
+        # libjpeg's accurate integer IDCT, as Pillow (the training pipeline's decoder) uses:
+        # TensorFlow's default fast IDCT differs by up to 5 levels a pixel.
+        pixels = tf.cond(
+            is_jpeg,
+            lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_png(data, channels=3),
+        )
+    if shorter is None:
+        return tf.ensure_shape(tf.cast(pixels, tf.float32), [height, width, 3])
+    # The standard evaluation view: shorter side to `shorter`, then the centre crop (resized
+    # from uint8: a float32 copy of a large photo would be 4x its size).
+    scale = shorter / tf.cast(tf.reduce_min(size), tf.float32)
+    resized = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), [height, width])
+    pixels = tf.image.resize(pixels, resized, method="bilinear", antialias=True)
+    top, left = (resized[0] - height) // 2, (resized[1] - width) // 2
+    return tf.ensure_shape(pixels[top : top + height, left : left + width, :], [height, width, 3])

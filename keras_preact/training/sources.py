@@ -185,26 +185,20 @@ def _read_folder_split(data_dir, split, classes, reading):
 
 
 def _decode_file(path, size=(IMAGE_SIZE, IMAGE_SIZE)):
-    """One RGB image file of `size` (width, height; None: any) as uint8 [height, width, 3], or a
-    ValueError naming the file."""
+    """One image file of `size` (width, height; None: any) as uint8 RGB [height, width, 3]
+    (converted as serving converts it: `serving.decoding.decode_rgb`), or a ValueError naming the file."""
     from PIL import Image, UnidentifiedImageError
 
-    rule = "images must be RGB" if size is None else f"CIFAR images must be {size[0]}x{size[1]} RGB"
+    from keras_preact.serving.decoding import decode_rgb
+
     try:
         with Image.open(path) as image:
             if size is not None and image.size != size:  # from the header, before decoding it
-                raise ValueError(f"{path} is {image.size[0]}x{image.size[1]}; {rule} (recipe='imagenet' takes any size).")
-            if image.mode == "P":  # a palette PNG: its colours (and alpha), as TensorFlow decodes it
-                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-            pixels = np.asarray(image)
+                raise ValueError(
+                    f"{path} is {image.size[0]}x{image.size[1]}; CIFAR images must be {size[0]}x{size[1]} RGB "
+                    "(recipe='imagenet' takes any size)."
+                )
+            return decode_rgb(image)
     # Pillow raises SyntaxError for some bad headers, DecompressionBombError for giant images.
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"Cannot decode {path}: not a readable JPEG or PNG image ({error}).") from None
-    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    if pixels.dtype != np.uint8 or channels != 3:
-        kind = {1: "grayscale", 2: "grayscale with alpha", 4: "RGBA (or CMYK)"}.get(channels, f"{channels}-channel")
-        raise ValueError(
-            f"{path} is {kind} ({pixels.dtype}); {rule} with 8 bits a channel: "
-            "convert the file to RGB."
-        )
-    return pixels
