@@ -13,8 +13,8 @@
 # reproduce  Table 4's ResNet-164 row: `examples/cifar.py` as a user runs it (device pipeline,
 #            bf16, the paper's recipe: 64k iterations at batch 128) on the full CIFAR-10; the
 #            trained weights and their record come back as the preset files
-#            resnet164_cifar10.weights.h5 and resnet164_cifar10.json (test_error, date, device,
-#            paper_test_error), with the run's history.csv.
+#            preact_resnet164.cifar10.weights.h5 and preact_resnet164.cifar10.json (test_error, date, device,
+#            paper_error), with the run's history.csv.
 #
 # Needs benchmarks/carry/ from benchmarks/prepare_gpu.sh (Keras wheels; CIFAR-10 as a .tar.gz):
 # on the device tool, carry ["benchmarks/carry"]. Every step runs under a cap inside the mode's
@@ -82,7 +82,7 @@ train() {
     shift 4
     # shellcheck disable=SC2016
     step "$name" "$cap" "$backend" bash -c '"$0" examples/cifar.py --input_pipeline=device --mixed_precision=bfloat16 \
-        --verbosity=warning --model_dir="$1" "${@:4}" && "$0" benchmarks/gpu_record.py --model_dir="$1" ${3:+--preset="$3" --out="$2"}' \
+        --verbosity=warning --model_dir="$1" "${@:4}" && "$0" benchmarks/gpu_record.py --model_dir="$1" ${3:+--preset --out="$2"}' \
         "$python" "$runs/$name" "$out" "$preset" "--data_dir=$data" "$@"
 }
 
@@ -122,7 +122,7 @@ prove)
     step jax_r1001_remat 120 jax $python benchmarks/gpu.py --depth=$r1001 --batch=$batch --remat $few
     ;;
 reproduce)
-    train reproduce 100000 jax resnet164_cifar10 ${REPRODUCE_TRAIN:---depth=164}
+    train reproduce 100000 jax preset ${REPRODUCE_TRAIN:---depth=164}
     cp "$runs/reproduce/history.csv" "$out/reproduce_history.csv" 2>/dev/null
     ;;
 esac

@@ -1,18 +1,17 @@
 """JSON lines for `benchmarks/gpu.sh`, from what its steps left behind.
 
     python benchmarks/gpu_record.py --model_dir=RUN                        # a training run's results
-    python benchmarks/gpu_record.py --model_dir=RUN --preset=resnet164_cifar10 --out=DIR
+    python benchmarks/gpu_record.py --model_dir=RUN --preset --out=DIR
     python benchmarks/gpu_record.py --ratios=gpu_results.jsonl              # against the best native
 
-`--preset` also writes the run's weights and their record as a preset's two files in DIR:
-NAME.weights.h5 and NAME.json (test_error, date, device, paper_test_error, and how it was trained).
+`--preset` also writes the run's weights and their record as its preset's two files in DIR
+(`keras_preact.model.presets.write_preset`: NAME.weights.h5 and NAME.json, NAME such as
+preact_resnet164.cifar10), ready to copy into keras_preact/presets/.
 """
 
 import argparse
-import datetime
 import json
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,25 +27,16 @@ def run_record(model_dir):
     return {"kind": "train", **{key: results.get(key) for key in RUN_KEYS}}
 
 
-def paper_test_error(depth):
-    """The paper's CIFAR-10 test error (%) of the full pre-activation ResNet at `depth`, if it has one."""
-    from keras_preact import choices
-
-    record = choices.VARIANTS["full_preact"]
-    return {110: record.paper_resnet110, 164: record.paper_resnet164}.get(depth)
-
-
-def write_preset(model_dir, record, name, out):
-    """NAME.weights.h5 (the run's final weights) and NAME.json in `out`."""
+def write_preset(model_dir, out):
+    """The run's weights and record as its preset's two files in `out`
+    (`keras_preact.model.presets.write_preset`), with this machine's accelerator named."""
     from benchmarks.gpu import device_name
+    from keras_preact.model import presets
 
-    shutil.copyfile(os.path.join(model_dir, "model.weights.h5"), os.path.join(out, f"{name}.weights.h5"))
-    preset = {"test_error": record["test_error"], "date": datetime.date.today().isoformat(), "device": device_name(),
-              "paper_test_error": paper_test_error(record["depth"]),
-              **{key: record[key] for key in RUN_KEYS if key != "test_error"}}
-    with open(os.path.join(out, f"{name}.json"), "w") as f:
-        json.dump(preset, f, indent=2)
-    return {"preset": name, "device": preset["device"], "paper_test_error": preset["paper_test_error"]}
+    name = presets.write_preset(model_dir, out, device=device_name())
+    with open(os.path.join(out, f"{name}.json")) as f:
+        preset = json.load(f)
+    return {"preset": name, "device": preset["device"], "paper_error": preset["paper_error"]}
 
 
 def ratios(results_path):
@@ -66,7 +56,7 @@ def ratios(results_path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model_dir", help="a finished training run's folder")
-    parser.add_argument("--preset", help="with --model_dir and --out: write the preset files NAME.weights.h5 and NAME.json")
+    parser.add_argument("--preset", action="store_true", help="with --model_dir and --out: write the run's preset files")
     parser.add_argument("--out", help="the folder for the preset files")
     parser.add_argument("--ratios", metavar="JSONL", help="gpu.sh's results so far")
     args = parser.parse_args()
@@ -77,7 +67,7 @@ def main():
     else:
         line = run_record(args.model_dir)
         if args.preset:
-            line.update(write_preset(args.model_dir, line, args.preset, args.out))
+            line.update(write_preset(args.model_dir, args.out))
     print(json.dumps(line), flush=True)
 
 

@@ -60,17 +60,17 @@ def test_reproduce_writes_the_preset_files(tmp_path):
     done, lines, _, out = dry_run(tmp_path, "reproduce")
     assert done.returncode == 0, done.stderr[-3000:]
     [line] = lines
-    assert line["step"] == "reproduce" and line["kind"] == "train" and line["preset"] == "resnet164_cifar10"
+    assert line["step"] == "reproduce" and line["kind"] == "train" and line["preset"] == "preact_resnet11.cifar10"
     assert line["backend"] == "jax" and line["input_pipeline"] == "device" and line["depth"] == 11
-    record = json.loads((out / "resnet164_cifar10.json").read_text())
-    assert record["test_error"] == line["test_error"] and record["device"] == "cpu" and record["depth"] == 11
-    assert record["paper_test_error"] is None  # the paper has no ResNet-11; 5.46 for the real ResNet-164
+    record = json.loads((out / "preact_resnet11.cifar10.json").read_text())
+    assert record["test_error"] == line["test_error"] and record["device"] == "cpu" and record["name"] == "preact_resnet11.cifar10"
+    assert record["paper_error"] is None  # the paper has no ResNet-11; 5.46 for the real ResNet-164
     assert len(record["date"]) == 10
-    with h5py.File(out / "resnet164_cifar10.weights.h5") as weights:
+    with h5py.File(out / "preact_resnet11.cifar10.weights.h5") as weights:
         assert len(weights.keys()) > 0
     assert (out / "reproduce_history.csv").read_text().startswith("epoch")
-    assert sorted(os.listdir(out)) == ["gpu_log.txt", "gpu_results.jsonl", "reproduce_history.csv", "resnet164_cifar10.json",
-                                       "resnet164_cifar10.weights.h5"]
+    assert sorted(os.listdir(out)) == ["gpu_log.txt", "gpu_results.jsonl", "preact_resnet11.cifar10.json",
+                                       "preact_resnet11.cifar10.weights.h5", "reproduce_history.csv"]
 
 
 def test_a_failed_or_skipped_step_is_a_json_line_and_the_rest_go_on(tmp_path):

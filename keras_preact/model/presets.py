@@ -92,9 +92,10 @@ def weights_file(name: str, fits: dict, classes: int) -> str:
     return _files(name)[0]
 
 
-def write_preset(model_dir: str, destination: str | None = None) -> str:
+def write_preset(model_dir: str, destination: str | None = None, device: str | None = None) -> str:
     """Turns a finished training run (its `config.json`, `results.json` and `model.weights.h5`)
-    into a preset's two files in `destination` (default `PRESETS_DIR`); returns the preset's name."""
+    into a preset's two files in `destination` (default `PRESETS_DIR`); returns the preset's name.
+    `device`: the accelerator that trained it (default: what results.json names)."""
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     with open(os.path.join(model_dir, "results.json"), encoding="utf-8") as f:
@@ -113,7 +114,7 @@ def write_preset(model_dir: str, destination: str | None = None) -> str:
         "date": datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(model_dir, "results.json")), datetime.timezone.utc)
         .date()
         .isoformat(),
-        "device": results.get("device") or results.get("placement"),
+        "device": device or results.get("device") or results.get("placement"),
         "machine": results.get("machine"),
         "backend": results.get("backend"),
         "epochs": results.get("epochs"),
