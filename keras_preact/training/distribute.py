@@ -23,10 +23,15 @@ import os
 
 import keras
 
-from keras_preact import choices
+from keras_preact import choices, runtime
 
 # The variables keras.distribution.initialize reads (Keras' own names).
 JAX_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES", "KERAS_DISTRIBUTION_PROCESS_ID")
+# MultiWorkerMirroredStrategy's processes; parameter servers and side evaluators are other strategies.
+TF_TASK_TYPES = ("chief", "worker")
+# Logical CPU devices per CPU: beyond a few, replicas only time-slice the same cores, each with its
+# own copy of the model and its batches.
+REPLICAS_PER_CPU = 4
 
 
 @dataclasses.dataclass
@@ -63,7 +68,9 @@ def start(cpu_replicas=None, job_addresses=None, num_processes=None, process_id=
             + ("describe the cluster in TF_CONFIG." if backend == "tensorflow" else "start the processes with torchrun.")
         )
     if cpu_replicas is not None:
-        choices.check_count("cpu_replicas", cpu_replicas)
+        _check_cpu_replicas(cpu_replicas)
+    if backend == "tensorflow":
+        _check_tf_task_types()
     if backend == "jax":
         _start_jax(cpu_replicas, *given)
     elif backend == "torch":
@@ -75,6 +82,29 @@ def start(cpu_replicas=None, job_addresses=None, num_processes=None, process_id=
         _start_torch()
     elif cpu_replicas not in (None, 1):
         _split_tensorflow_cpu(cpu_replicas)
+
+
+def _check_cpu_replicas(replicas):
+    limit = REPLICAS_PER_CPU * runtime.cpus()
+    try:
+        choices.check_count("cpu_replicas", replicas, maximum=limit)
+    except ValueError as error:
+        raise ValueError(
+            f"{error} ({REPLICAS_PER_CPU} per CPU of the {runtime.cpus()} this process may use: more replicas "
+            "only share the same cores, each holding a copy of the model)."
+        ) from None
+
+
+def _check_tf_task_types():
+    config = _tf_config()
+    task = config.get("task")
+    kinds = set(config.get("cluster", {})) | ({task.get("type")} if isinstance(task, dict) else set())
+    other = sorted(str(kind) for kind in kinds - set(TF_TASK_TYPES))
+    if other:
+        raise ValueError(
+            f"TF_CONFIG names task type(s) {', '.join(map(repr, other))}, which keras_preact does not run: its "
+            f"MultiWorkerMirroredStrategy supports only {' and '.join(map(repr, TF_TASK_TYPES))} processes."
+        )
 
 
 def _split_tensorflow_cpu(replicas):
@@ -142,7 +172,7 @@ def _tensorflow_placement(strategy):
     import tensorflow as tf
 
     cluster = _tf_config().get("cluster", {})
-    workers = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+    workers = sum(len(cluster.get(kind, [])) for kind in TF_TASK_TYPES)
     if workers > 1 and strategy in ("mirrored", "one_device"):
         # Each process would train alone and all would write model_dir as its chief.
         raise ValueError(
@@ -161,7 +191,7 @@ def _tensorflow_placement(strategy):
         if not cluster:
             raise ValueError("strategy='multi_worker' on TensorFlow needs TF_CONFIG describing the cluster.")
         task = _tf_config().get("task")
-        kinds = [kind for kind in ("chief", "worker") if kind in cluster]
+        kinds = [kind for kind in TF_TASK_TYPES if kind in cluster]
         known = isinstance(task, dict) and task.get("type") in kinds and isinstance(task.get("index"), int)
         if not known or not 0 <= task["index"] < len(cluster[task["type"]]):
             raise ValueError(
