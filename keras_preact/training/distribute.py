@@ -22,8 +22,10 @@ import json
 import os
 
 import keras
+import numpy as np
 
 from keras_preact import choices, runtime
+from keras_preact.training import heartbeat
 
 # The variables keras.distribution.initialize reads (Keras' own names).
 JAX_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES", "KERAS_DISTRIBUTION_PROCESS_ID")
@@ -161,11 +163,80 @@ def place(strategy="auto"):
     choices.STRATEGIES.check(strategy)
     start()
     backend = keras.backend.backend()
+    placement = {"tensorflow": _tensorflow_placement, "jax": _jax_placement, "torch": _torch_placement}[backend](strategy)
+    if placement.processes > 1:
+        host, port = _coordinator(backend).rsplit(":", 1)
+        heartbeat.start(f"{host}:{int(port) + heartbeat.PORT_OFFSET}", placement.process_index, placement.processes)
+    return placement
+
+
+def _coordinator(backend):
+    """The chief's "host:port" as the engine knows it."""
     if backend == "tensorflow":
-        return _tensorflow_placement(strategy)
+        cluster = _tf_config()["cluster"]
+        return (cluster.get("chief") or cluster["worker"])[0]
     if backend == "jax":
-        return _jax_placement(strategy)
-    return _torch_placement(strategy)
+        from jax._src import distributed  # the address jax.distributed joined (given, or found under Slurm)
+
+        return distributed.global_state.coordinator_address
+    return f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+
+
+def finished():
+    """This process's part of the run ended well: its peers may exit without it counting as lost."""
+    heartbeat.finished()
+
+
+def agree_on_start(placement, model, chief_first_epoch):
+    """The epoch every process resumes after, with the chief's weights and optimizer state copied
+    into every process by the engine's own broadcast: a process without the chief's model_dir
+    (another machine's disk) starts where the chief does. Returns the chief's `chief_first_epoch`."""
+    if placement.processes == 1:
+        return chief_first_epoch
+    variables = [*model.variables, *model.optimizer.variables]
+    arrays = [np.asarray(chief_first_epoch, np.int64), *(keras.ops.convert_to_numpy(v) for v in variables)]
+    # As bytes: the broadcast copies every dtype exactly (a sum with zeros, on TensorFlow).
+    packed = np.concatenate([a.reshape(-1).view(np.uint8) for a in arrays])
+    packed = np.pad(packed, (0, -len(packed) % 4)).view(np.int32)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        packed = _broadcast_tensorflow(placement.strategy, packed)
+    elif backend == "jax":
+        from jax.experimental import multihost_utils
+
+        packed = np.asarray(multihost_utils.broadcast_one_to_all(packed, is_source=placement.is_chief))
+    else:
+        packed = _broadcast_torch(packed)
+    chief, offset = [], 0
+    for array in arrays:
+        chief.append(packed.view(np.uint8)[offset : offset + array.nbytes].view(array.dtype).reshape(array.shape))
+        offset += array.nbytes
+    for variable, value in zip(variables, chief[1:]):
+        variable.assign(value)
+    return int(chief[0])
+
+
+def _broadcast_tensorflow(strategy, values):
+    import tensorflow as tf
+
+    def chief_only(values):
+        context = tf.distribute.get_replica_context()
+        mine = tf.where(tf.equal(context.replica_id_in_sync_group, 0), values, tf.zeros_like(values))
+        return context.all_reduce("SUM", mine)
+
+    summed = tf.function(lambda v: strategy.run(chief_only, args=(v,)))(tf.constant(values))
+    return strategy.experimental_local_results(summed)[0].numpy()
+
+
+def _broadcast_torch(values):
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.from_numpy(values.copy())
+    if dist.get_backend() == "nccl":
+        tensor = tensor.to(f"cuda:{torch.cuda.current_device()}")
+    dist.broadcast(tensor, src=0)
+    return tensor.cpu().numpy()
 
 
 def _tensorflow_placement(strategy):
