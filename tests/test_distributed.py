@@ -196,3 +196,12 @@ def test_tf_config_task_types_other_than_chief_and_worker_are_refused(monkeypatc
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": kind, "index": 0}}))
     with pytest.raises(ValueError, match=f"task type\\(s\\) '{kind}'.*only 'chief' and 'worker'"):
         distribute.start()
+
+
+def test_a_heartbeat_port_in_use_is_named_with_the_fix():
+    from keras_preact.training import heartbeat
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        with pytest.raises(RuntimeError, match=f"heartbeat on {address} .*keep the port after the coordinator's"):
+            heartbeat.start(address, 0, 2)
