@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from keras_preact.training.report import read_history
-from test_distributed import process_commands
+from test_distributed import BACKEND, process_commands
 
 ARGUMENTS = ["--epochs=2", "--model_dir=run"]
 NAMES = ("chief", "worker")
@@ -72,7 +72,11 @@ def kill_and_resume(root, whole, victim, shared):
     return seconds
 
 
-def test_a_lost_worker_ends_the_run_and_the_same_commands_resume_equal_without_shared_storage(tmp_path):
+# JAX's processes must load the checkpoint together (agree_on_start): shared storage there.
+SHARED = BACKEND == "jax"
+
+
+def test_a_lost_worker_ends_the_run_and_the_same_commands_resume_equal(tmp_path):
     whole = finish(tmp_path / "whole")
-    seconds = kill_and_resume(tmp_path / "killed", whole, victim=1, shared=False)
+    seconds = kill_and_resume(tmp_path / "killed", whole, victim=1, shared=SHARED)
     print(f"survivor exited {seconds:.1f} s after the kill")

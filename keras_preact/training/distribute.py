@@ -190,7 +190,12 @@ def finished():
 def agree_on_start(placement, model, chief_first_epoch):
     """The epoch every process resumes after, with the chief's weights and optimizer state copied
     into every process by the engine's own broadcast: a process without the chief's model_dir
-    (another machine's disk) starts where the chief does. Returns the chief's `chief_first_epoch`."""
+    (another machine's disk) starts where the chief does. Returns the chief's `chief_first_epoch`.
+
+    Every process restores what it can first (its own `chief_first_epoch` is ignored): on JAX each
+    assignment of host values to a variable is a collective (`device_put` checks that the
+    processes agree), so the processes must assign the same variables in the same order, and a
+    JAX worker without the checkpoint cannot resume yet (the chief's load waits for it)."""
     if placement.processes == 1:
         return chief_first_epoch
     variables = [*model.variables, *model.optimizer.variables]

@@ -1,6 +1,11 @@
 """A heartbeat between the processes of a multi-process run, so a lost process ends the run in
 seconds, with one line, instead of a collective that waits minutes or aborts with a traceback.
 
+It runs in a small child process of each training process (this file as a script, standard
+library only): a thread of the training process would stall with it, since a collective waiting
+for a lost peer can hold the GIL (seen on JAX). On a loss the child prints the line and kills its
+training process; a training process killed closes the child's stdin, and the child exits.
+
 The chief listens on its coordinator's port + 1 (TensorFlow's chief address, JAX's coordinator,
 torch's MASTER_PORT); every other process connects to it. Each side sends a beat every
 `BEAT_SECONDS`; a connection that closes, or stays silent for `SILENT_SECONDS` (a machine that
@@ -14,7 +19,9 @@ each survivor names the process that was lost.
 
 import atexit
 import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -43,36 +50,52 @@ def message(index, count, event):
 def start(address, index, count):
     """Watches the other processes (`address`: the chief's "host:port" heartbeat address)."""
     global _current
-    if _current is None:
-        _current = _Heartbeat(address, index, count)
+    if _current is not None:
+        return
+    child = subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__), address, str(index), str(count), str(os.getpid())],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    problem = child.stdout.readline().strip()  # "listening" once the chief's port is bound
+    if problem != "listening":
+        child.wait()
+        raise RuntimeError(problem or "The heartbeat process ended at its start.")
+    atexit.register(_tell, child, "stopped")
+    _current = child
 
 
 def finished():
     """The run ended well here: the peers stop watching this process, and it stops watching them."""
     global _current
     if _current is not None:
-        _current.close("end")
+        _tell(_current, "end")
+        _current.wait()
         _current = None
 
 
+def _tell(child, word):
+    try:
+        child.stdin.write(f"{word}\n")
+        child.stdin.close()
+    except (OSError, ValueError):
+        pass  # already told, or already gone
+
+
 class _Heartbeat:
-    def __init__(self, address, index, count):
+    def __init__(self, address, index, count, parent):
         host, port = address.rsplit(":", 1)
         self.index, self.count, self.lock, self.peers, self.closed = index, count, threading.Lock(), {}, False
-        self.server = None
+        self.parent, self.server = parent, None
         if index == 0:
             try:
                 self.server = server = socket.create_server((host.strip("[]"), int(port)))
             except OSError as error:
-                raise RuntimeError(
-                    f"The chief could not listen for its processes' heartbeat on {address} ({error.strerror}): "
-                    f"keep the port after the coordinator's ({int(port) - PORT_OFFSET}) free."
-                ) from None
+                print(f"The chief could not listen for its processes' heartbeat on {address} ({error.strerror}): "
+                      f"keep the port after the coordinator's ({int(port) - PORT_OFFSET}) free.", flush=True)
+                sys.exit(1)
             self._thread(self._accept, server)
         else:
             self._thread(self._connect, host.strip("[]"), int(port))
+        print("listening", flush=True)
         self._thread(self._beat)
-        atexit.register(self.close, "stopped")
 
     def _thread(self, target, *args):
         threading.Thread(target=target, args=args, daemon=True, name="keras_preact-heartbeat").start()
@@ -156,4 +179,16 @@ class _Heartbeat:
             self._send(connection, f"{event if event != 'unreachable' else 'lost'} {peer}")
         self.closed = True
         print(message(peer, self.count, event), file=sys.stderr, flush=True)
-        os._exit(1)  # no traceback: the main thread may be inside a collective that never returns
+        os.kill(self.parent, signal.SIGKILL)  # no traceback: it may be inside a collective that never returns
+        os._exit(1)
+
+    def follow_parent(self):
+        """Until the training process says how it ended ("end", "stopped"), or dies (end of input:
+        the connections close and the peers see it lost)."""
+        word = sys.stdin.readline().strip()
+        if word:
+            self.close(word)
+
+
+if __name__ == "__main__":
+    _Heartbeat(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])).follow_parent()

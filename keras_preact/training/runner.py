@@ -95,7 +95,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1):
     class_names = _class_names(config, train_split, test_split)
     with _own_folder(config.model_dir, placement.is_chief) as folder:
         model = _compiled_model(config, placement, steps_per_epoch)
-        first_epoch = _restore(model, os.path.join(config.model_dir, CHECKPOINT), steps_per_epoch) if placement.is_chief else 0
+        first_epoch = _restore(model, os.path.join(config.model_dir, CHECKPOINT), steps_per_epoch)
         first_epoch = distribute.agree_on_start(placement, model, first_epoch)
         if placement.is_chief:  # only the chief writes the run's files; none before its data loaded
             config.save(os.path.join(config.model_dir, "config.json"))
