@@ -3,7 +3,8 @@ line naming the lost process; the same commands run again resume where the chief
 off, and the history equals the uninterrupted run's, validation included.
 
 Without shared storage the worker's working directory is not the chief's, so its `--model_dir=run`
-is another, empty folder (as on a second machine). `benchmarks/kill_resume.py` repeats this at
+is another, empty folder (as on a second machine); on JAX the processes share it (see
+`distribute.agree_on_start`). `benchmarks/kill_resume.py` repeats this at
 random moments, killing either process, with and without shared storage.
 """
 
