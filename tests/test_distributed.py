@@ -176,3 +176,32 @@ def test_a_checkpoint_of_two_processes_resumes_in_one(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["steps"] == 6 and results["processes"] == 1
     assert results["batch_norm"] == json.loads((tmp_path / "run" / "config.json").read_text())["batch_norm"] == "per_replica"
+
+
+def test_cpu_replicas_beyond_what_the_cpus_hold_are_refused_naming_the_bound():
+    from keras_preact import runtime
+    from keras_preact.training import distribute
+
+    limit = distribute.REPLICAS_PER_CPU * runtime.cpus()
+    with pytest.raises(ValueError, match=f"cpu_replicas must be a positive integer of at most {limit}, got 100000.*per CPU"):
+        distribute.start(cpu_replicas=100000)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TF_CONFIG describes TensorFlow's clusters")
+@pytest.mark.parametrize("kind", ["ps", "evaluator"])
+def test_tf_config_task_types_other_than_chief_and_worker_are_refused(monkeypatch, kind):
+    from keras_preact.training import distribute
+
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"], kind: ["127.0.0.1:3"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": kind, "index": 0}}))
+    with pytest.raises(ValueError, match=f"task type\\(s\\) '{kind}'.*only 'chief' and 'worker'"):
+        distribute.start()
+
+
+def test_a_heartbeat_port_in_use_is_named_with_the_fix():
+    from keras_preact.training import heartbeat
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        with pytest.raises(RuntimeError, match=f"heartbeat on {address} .*keep the port after the coordinator's"):
+            heartbeat.start(address, 0, 2)

@@ -66,9 +66,8 @@ class TorchProcesses:
         epoch equals every step)."""
         import torch.distributed as dist
 
-        for variable in self.model.non_trainable_variables:
-            if variable.dtype.startswith("float"):
-                dist.all_reduce(variable.value.data, op=dist.ReduceOp.AVG)
+        for variable in moving_statistics(self.model):
+            dist.all_reduce(variable.value.data, op=dist.ReduceOp.AVG)
 
 
 class TensorFlowWorkers:
@@ -95,8 +94,15 @@ class TensorFlowWorkers:
             logits = model(x, training=False)
             return self._sums(y, logits, loss(y, logits))
 
+        def replica_average():
+            statistics = [variable.value for variable in moving_statistics(model)]
+            means = tf.distribute.get_replica_context().all_reduce("MEAN", [v.read_value() for v in statistics])
+            for variable, mean in zip(statistics, means):
+                variable.assign(mean)  # aggregation "none": each replica's own copy
+
         self._train = tf.function(lambda x, y: self._reduce(strategy.run(replica_train, args=(x, y))))
         self._test = tf.function(lambda x, y: self._reduce(strategy.run(replica_test, args=(x, y))))
+        self._average = tf.function(lambda: strategy.run(replica_average))
 
     def _sums(self, y, logits, losses):
         tf = self.tf
@@ -119,7 +125,15 @@ class TensorFlowWorkers:
         return sums  # already summed over the workers
 
     def end_epoch(self):
-        pass  # mirrored variables: every worker holds the same statistics
+        """Averages the BatchNorm moving statistics: Keras creates them with aggregation "none",
+        so each replica updates its own copy from its own batches, and the checkpoint holds the
+        chief's alone (a resumed run would then evaluate with other statistics)."""
+        self._average()
+
+
+def moving_statistics(model):
+    """The float non-trainable variables: BatchNorm's moving means and variances."""
+    return [variable for variable in model.non_trainable_variables if variable.dtype.startswith("float")]
 
 
 def evaluate(engine, dataset):

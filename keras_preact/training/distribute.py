@@ -22,11 +22,18 @@ import json
 import os
 
 import keras
+import numpy as np
 
-from keras_preact import choices
+from keras_preact import choices, runtime
+from keras_preact.training import heartbeat
 
 # The variables keras.distribution.initialize reads (Keras' own names).
 JAX_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES", "KERAS_DISTRIBUTION_PROCESS_ID")
+# MultiWorkerMirroredStrategy's processes; parameter servers and side evaluators are other strategies.
+TF_TASK_TYPES = ("chief", "worker")
+# Logical CPU devices per CPU: beyond a few, replicas only time-slice the same cores, each with its
+# own copy of the model and its batches.
+REPLICAS_PER_CPU = 4
 
 
 @dataclasses.dataclass
@@ -63,7 +70,9 @@ def start(cpu_replicas=None, job_addresses=None, num_processes=None, process_id=
             + ("describe the cluster in TF_CONFIG." if backend == "tensorflow" else "start the processes with torchrun.")
         )
     if cpu_replicas is not None:
-        choices.check_count("cpu_replicas", cpu_replicas)
+        _check_cpu_replicas(cpu_replicas)
+    if backend == "tensorflow":
+        _check_tf_task_types()
     if backend == "jax":
         _start_jax(cpu_replicas, *given)
     elif backend == "torch":
@@ -75,6 +84,29 @@ def start(cpu_replicas=None, job_addresses=None, num_processes=None, process_id=
         _start_torch()
     elif cpu_replicas not in (None, 1):
         _split_tensorflow_cpu(cpu_replicas)
+
+
+def _check_cpu_replicas(replicas):
+    limit = REPLICAS_PER_CPU * runtime.cpus()
+    try:
+        choices.check_count("cpu_replicas", replicas, maximum=limit)
+    except ValueError as error:
+        raise ValueError(
+            f"{error} ({REPLICAS_PER_CPU} per CPU of the {runtime.cpus()} this process may use: more replicas "
+            "only share the same cores, each holding a copy of the model)."
+        ) from None
+
+
+def _check_tf_task_types():
+    config = _tf_config()
+    task = config.get("task")
+    kinds = set(config.get("cluster", {})) | ({task.get("type")} if isinstance(task, dict) else set())
+    other = sorted(str(kind) for kind in kinds - set(TF_TASK_TYPES))
+    if other:
+        raise ValueError(
+            f"TF_CONFIG names task type(s) {', '.join(map(repr, other))}, which keras_preact does not run: its "
+            f"MultiWorkerMirroredStrategy supports only {' and '.join(map(repr, TF_TASK_TYPES))} processes."
+        )
 
 
 def _split_tensorflow_cpu(replicas):
@@ -131,18 +163,92 @@ def place(strategy="auto"):
     choices.STRATEGIES.check(strategy)
     start()
     backend = keras.backend.backend()
+    placement = {"tensorflow": _tensorflow_placement, "jax": _jax_placement, "torch": _torch_placement}[backend](strategy)
+    if placement.processes > 1:
+        host, port = _coordinator(backend).rsplit(":", 1)
+        heartbeat.start(f"{host}:{int(port) + heartbeat.PORT_OFFSET}", placement.process_index, placement.processes)
+    return placement
+
+
+def _coordinator(backend):
+    """The chief's "host:port" as the engine knows it."""
     if backend == "tensorflow":
-        return _tensorflow_placement(strategy)
+        cluster = _tf_config()["cluster"]
+        return (cluster.get("chief") or cluster["worker"])[0]
     if backend == "jax":
-        return _jax_placement(strategy)
-    return _torch_placement(strategy)
+        from jax._src import distributed  # the address jax.distributed joined (given, or found under Slurm)
+
+        return distributed.global_state.coordinator_address
+    return f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+
+
+def finished():
+    """This process's part of the run ended well: its peers may exit without it counting as lost."""
+    heartbeat.finished()
+
+
+def agree_on_start(placement, model, chief_first_epoch):
+    """The epoch every process resumes after, with the chief's weights and optimizer state copied
+    into every process by the engine's own broadcast: a process without the chief's model_dir
+    (another machine's disk) starts where the chief does. Returns the chief's `chief_first_epoch`.
+
+    Every process restores what it can first (its own `chief_first_epoch` is ignored): on JAX each
+    assignment of host values to a variable is a collective (`device_put` checks that the
+    processes agree), so the processes must assign the same variables in the same order, and a
+    JAX worker without the checkpoint cannot resume yet (the chief's load waits for it)."""
+    if placement.processes == 1:
+        return chief_first_epoch
+    variables = [*model.variables, *model.optimizer.variables]
+    arrays = [np.asarray(chief_first_epoch, np.int64), *(keras.ops.convert_to_numpy(v) for v in variables)]
+    # As bytes: the broadcast copies every dtype exactly (a sum with zeros, on TensorFlow).
+    packed = np.concatenate([a.reshape(-1).view(np.uint8) for a in arrays])
+    packed = np.pad(packed, (0, -len(packed) % 4)).view(np.int32)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        packed = _broadcast_tensorflow(placement.strategy, packed)
+    elif backend == "jax":
+        from jax.experimental import multihost_utils
+
+        packed = np.asarray(multihost_utils.broadcast_one_to_all(packed, is_source=placement.is_chief))
+    else:
+        packed = _broadcast_torch(packed)
+    chief, offset = [], 0
+    for array in arrays:
+        chief.append(packed.view(np.uint8)[offset : offset + array.nbytes].view(array.dtype).reshape(array.shape))
+        offset += array.nbytes
+    for variable, value in zip(variables, chief[1:]):
+        variable.assign(value)
+    return int(chief[0])
+
+
+def _broadcast_tensorflow(strategy, values):
+    import tensorflow as tf
+
+    def chief_only(values):
+        context = tf.distribute.get_replica_context()
+        mine = tf.where(tf.equal(context.replica_id_in_sync_group, 0), values, tf.zeros_like(values))
+        return context.all_reduce("SUM", mine)
+
+    summed = tf.function(lambda v: strategy.run(chief_only, args=(v,)))(tf.constant(values))
+    return strategy.experimental_local_results(summed)[0].numpy()
+
+
+def _broadcast_torch(values):
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.from_numpy(values.copy())
+    if dist.get_backend() == "nccl":
+        tensor = tensor.to(f"cuda:{torch.cuda.current_device()}")
+    dist.broadcast(tensor, src=0)
+    return tensor.cpu().numpy()
 
 
 def _tensorflow_placement(strategy):
     import tensorflow as tf
 
     cluster = _tf_config().get("cluster", {})
-    workers = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+    workers = sum(len(cluster.get(kind, [])) for kind in TF_TASK_TYPES)
     if workers > 1 and strategy in ("mirrored", "one_device"):
         # Each process would train alone and all would write model_dir as its chief.
         raise ValueError(
@@ -161,7 +267,7 @@ def _tensorflow_placement(strategy):
         if not cluster:
             raise ValueError("strategy='multi_worker' on TensorFlow needs TF_CONFIG describing the cluster.")
         task = _tf_config().get("task")
-        kinds = [kind for kind in ("chief", "worker") if kind in cluster]
+        kinds = [kind for kind in TF_TASK_TYPES if kind in cluster]
         known = isinstance(task, dict) and task.get("type") in kinds and isinstance(task.get("index"), int)
         if not known or not 0 <= task["index"] < len(cluster[task["type"]]):
             raise ValueError(

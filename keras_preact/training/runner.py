@@ -55,6 +55,8 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1, c
     with _own_folder(prepared.config.model_dir, prepared.placement.is_chief) as folder:
         model = _compiled_model(prepared)
         first_epoch = restore(model, prepared.config.model_dir, prepared.plan.steps)
+        # Every process starts where the chief does, with its weights (a worker may have no model_dir).
+        first_epoch = distribute.agree_on_start(prepared.placement, model, first_epoch)
         _record_start(prepared, first_epoch)
         engine = _custom_loop_engine(model, prepared.placement, prepared.plan.batch_size)
         test_data = _test_batches(prepared)
@@ -62,6 +64,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1, c
         accuracy = evaluate(model, engine, test_data)
         model.save_weights(os.path.join(folder, "model.weights.h5"))
         exported = export(model, prepared, folder, export_dir)
+    distribute.finished()  # a process ending now is not lost to its peers' heartbeat
     if not prepared.placement.is_chief:
         return None
     return report(prepared, model, first_epoch, {"accuracy": accuracy, "rate": rate, "started": started}, exported)

@@ -1,0 +1,84 @@
+"""A kill -9 of one process of a 2-process run, mid-epoch: the other ends within seconds with one
+line naming the lost process; the same commands run again resume where the chief's checkpoint left
+off, and the history equals the uninterrupted run's, validation included.
+
+Without shared storage the worker's working directory is not the chief's, so its `--model_dir=run`
+is another, empty folder (as on a second machine); on JAX the processes share it (see
+`distribute.agree_on_start`). `benchmarks/kill_resume.py` repeats this at
+random moments, killing either process, with and without shared storage.
+"""
+
+import os
+import random
+import subprocess
+import time
+
+import numpy as np
+
+from keras_preact.training.report import read_history
+from test_distributed import BACKEND, process_commands
+
+ARGUMENTS = ["--epochs=2", "--model_dir=run"]
+NAMES = ("chief", "worker")
+
+
+def start(root, shared):
+    """The two processes of a run in `root/chief` and `root/worker` (both in `root/chief` when
+    `shared`); each writes its output to `root/<name>.txt` (a pipe nobody reads could block it)."""
+    processes = []
+    for (command, env), name in zip(process_commands(ARGUMENTS), NAMES):
+        folder = root / ("chief" if shared else name)
+        os.makedirs(folder, exist_ok=True)
+        with open(root / f"{name}.txt", "w") as output:
+            processes.append(subprocess.Popen(command, env=env, cwd=folder, stdout=output, stderr=subprocess.STDOUT))
+    return processes
+
+
+def output(root, name):
+    return (root / f"{name}.txt").read_text()
+
+
+def finish(root, shared=False):
+    """Runs both processes to their end; returns the chief's history."""
+    for process, name in zip(start(root, shared), NAMES):
+        assert process.wait(timeout=600) == 0, output(root, name)[-4000:]
+    return read_history(str(root / "chief" / "run" / "history.csv"))
+
+
+def kill_and_resume(root, whole, victim, shared, latest=1.0):
+    """Kills process `victim` at a random moment of the second epoch (up to `latest` seconds after
+    the first checkpoint: torch's tiny epochs take less than a second), checks the survivor's end,
+    runs the same commands again and compares with the uninterrupted history `whole`. Returns
+    the seconds the survivor took to exit."""
+    processes = start(root, shared)
+    checkpoint = root / "chief" / "run" / "checkpoint.weights.h5"
+    while not checkpoint.exists():
+        assert all(p.poll() is None for p in processes), output(root, "chief")[-3000:]
+        time.sleep(0.05)
+    time.sleep(random.uniform(0, latest))
+    processes[victim].kill()
+    killed = time.monotonic()
+    survivor = 1 - victim
+    assert processes[survivor].wait(timeout=120) != 0
+    seconds = time.monotonic() - killed
+    text = output(root, NAMES[survivor])
+    assert f"process {victim} of 2 was lost" in text and "Run the same command again" in text, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+
+    resumed = finish(root, shared)
+    assert "Resuming from" in output(root, "chief")
+    assert not (root / "worker" / "run" / "checkpoint.weights.h5").exists()  # only the chief writes
+    assert [row["epoch"] for row in resumed] == [row["epoch"] for row in whole]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([r[key] for r in resumed], [r[key] for r in whole], rtol=1e-6, err_msg=key)
+    return seconds
+
+
+# JAX's processes must load the checkpoint together (agree_on_start): shared storage there.
+SHARED = BACKEND == "jax"
+
+
+def test_a_lost_worker_ends_the_run_and_the_same_commands_resume_equal(tmp_path):
+    whole = finish(tmp_path / "whole")
+    seconds = kill_and_resume(tmp_path / "killed", whole, victim=1, shared=SHARED, latest=0)
+    print(f"survivor exited {seconds:.1f} s after the kill")
