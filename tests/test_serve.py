@@ -551,8 +551,8 @@ def test_every_flag_is_checked_at_start(server, tmp_path, capsys):
         ([], str(tmp_path / "incomplete"), "(found only: 1: no saved_model.pb)"),
         ([], str(tmp_path / "corrupt"), "1 cannot be loaded as a SavedModel"),
         (["--version_labels=stable=3"], export_dir, "Label 'stable' names version 3, which is not a complete version"),
-        (["--version_policy=newest"], export_dir, "--version_policy must be latest:N, all or specific:V1,V2,...; got 'newest'"),
-        (["--version_policy=specific:7"], export_dir, "has none of the versions 7 that --version_policy names"),
+        (["--version_policy=newest"], export_dir, "version_policy must be latest:N, all or specific:V1,V2,...; got 'newest'"),
+        (["--version_policy=specific:7"], export_dir, "has none of the versions 7 that version_policy names"),
         (["--file_system_poll_wait_seconds=-1"], export_dir, "--file_system_poll_wait_seconds must be in [0"),
     ]
     for flags, where, message in cases:

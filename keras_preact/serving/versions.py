@@ -48,7 +48,7 @@ class VersionPolicy:
             return cls("latest", int(arguments or "1"))
         if kind == "specific" and re.fullmatch(r"[0-9]{1,18}(,[0-9]{1,18})*", arguments):
             return cls("specific", numbers=tuple(sorted({int(n) for n in arguments.split(",")})))
-        raise ValueError(f"--version_policy must be latest:N, all or specific:V1,V2,...; got {text!r}.")
+        raise ValueError(f"version_policy must be latest:N, all or specific:V1,V2,...; got {text!r}.")
 
     def chosen(self, complete):
         """The versions of `complete` (ascending) to serve."""
@@ -258,6 +258,6 @@ def _check_start(export_dir, complete, skipped, labels, policy):
             )
     if not policy.chosen(complete):
         raise FileNotFoundError(
-            f"{export_dir} has none of the versions {', '.join(map(str, policy.numbers))} that --version_policy names "
+            f"{export_dir} has none of the versions {', '.join(map(str, policy.numbers))} that version_policy names "
             f"(complete: {', '.join(map(str, complete))})."
         )
