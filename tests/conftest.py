@@ -8,7 +8,8 @@ import pytest
 SAMPLE = os.path.join(os.path.dirname(__file__), "data", "cifar10-sample")
 
 # The full suite's own tests (marker `full`; the quick command is `pytest -m "not full"`): several
-# processes, processes killed and restarted, the GPU script's dry runs and the benchmark harness.
+# processes, processes killed and restarted, the GPU script's dry runs, the benchmark harness, and
+# the slowest single runs (an ImageNet network, ResNet-1001, the ablation grid, fresh interpreters).
 # A file name marks the whole file, "file::test" one test (all its parameters).
 FULL_SUITE = (
     "test_distributed.py",
@@ -19,6 +20,18 @@ FULL_SUITE = (
     "test_device_data.py::test_a_run_on_the_sample_folder_learns_without_tensorflow_and_resumes_bit_for_bit",
     "test_device_data.py::test_two_processes_with_the_device_pipeline_train_like_one",
     "test_export.py::test_kill_during_export_never_leaves_a_version_that_cannot_be_served",
+    "test_distributed_resume.py",
+    "test_ablation.py",
+    "test_train.py::test_a_resumed_run_that_reads_ahead_finishes",
+    "test_train.py::test_multi_replica_on_two_logical_cpus",
+    "test_train.py::test_user_callbacks_on_the_custom_loop",
+    "test_device_data.py::test_a_run_resumes_only_on_its_own_pipeline",
+    "test_folders.py::test_the_imagenet_recipe_trains_a_resnet50_on_small_crops",
+    "test_models.py::test_resnet1001_builds_with_default_recursion_limit",
+    "test_runtime.py::test_threads_follow_the_cpus_this_process_may_use",
+    "test_preprocessing.py::test_preprocessing_does_not_import_tensorflow",
+    "test_serve.py::test_a_new_version_is_served_under_load_without_a_lost_request",
+    "test_serve.py::test_many_stalled_uploads_are_all_closed",
 )
 
 

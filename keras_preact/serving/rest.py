@@ -178,14 +178,18 @@ def _pixel_images(values, shape, signature):
         )
     if isinstance(values, list) and values and all(isinstance(value, np.ndarray) for value in values):
         if len({value.shape for value in values}) > 1:
-            raise bad_request(f"The images must be nested lists of shape [{expected}] (batch first).")
+            raise _wrong_nesting(expected)
         values = np.stack(values)
     pixels = values if isinstance(values, np.ndarray) else _listed_pixels(values, shape, expected)
     if pixels.ndim != 1 + len(shape):
-        raise bad_request(f"The images must be nested lists of shape [{expected}] (batch first).")
+        raise _wrong_nesting(expected)
     if any(e is not None and e != s for e, s in zip(shape, pixels.shape[1:])):
         raise bad_request(f"The images have shape {list(pixels.shape)}; expected [{expected}] (batch first).")
     return pixels
+
+
+def _wrong_nesting(expected):
+    return bad_request(f"The images must be nested lists of shape [{expected}] (batch first).")
 
 
 def _listed_pixels(values, shape, expected):
@@ -196,17 +200,17 @@ def _listed_pixels(values, shape, expected):
         for _ in range(len(shape)):
             flat = list(itertools.chain.from_iterable(flat))
     except TypeError:  # a number where a list belongs
-        raise bad_request(f"The images must be nested lists of shape [{expected}] (batch first).") from None
+        raise _wrong_nesting(expected) from None
     kinds = set(map(type, flat)) - {int}
     if kinds:
         if list in kinds or np.ndarray in kinds:
-            raise bad_request(f"The images must be nested lists of shape [{expected}] (batch first).")
+            raise _wrong_nesting(expected)
         found = ", ".join(sorted(VALUE_KINDS.get(kind, kind.__name__) for kind in kinds))
         raise bad_request(f"Pixel values must be JSON integers from 0 to 255; found {found}.")
     try:
         pixels = np.array(values, dtype=np.int64)
     except ValueError:  # ragged
-        raise bad_request(f"The images must be nested lists of shape [{expected}] (batch first).") from None
+        raise _wrong_nesting(expected) from None
     except OverflowError:
         raise bad_request("Pixel values must be integers from 0 to 255 (raw uint8 pixels).") from None
     if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
