@@ -472,3 +472,17 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_run_resolves_its_configuration_once(tmp_path, monkeypatch):
+    """The values a run decides itself (the input pipeline "auto" names) do not resolve it again."""
+    resolutions = []
+    resolve = training.RunConfig.resolved
+
+    def counted(self):
+        resolutions.append(self.depth)
+        return resolve(self)
+
+    monkeypatch.setattr(training.RunConfig, "resolved", counted)  # ResolvedRunConfig's own calls it only if unchecked
+    training.run(training.RunConfig(depth=8, epochs=1, batch_size=20, model_dir=str(tmp_path)), *toy_splits(40), verbose=0)
+    assert resolutions == [8]

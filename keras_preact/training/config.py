@@ -213,6 +213,14 @@ class ResolvedRunConfig(RunConfig):
     def resolved(self):
         return self if self.checked else super().resolved()
 
+    def completed(self, **values):
+        """A copy with `values` the run decided itself and checked where it made them (the input
+        pipeline "auto" names, a folder's classes and normalisation), taken as resolved: a run
+        resolves its configuration once."""
+        copy = dataclasses.replace(self, **values)
+        object.__setattr__(copy, "checked", True)
+        return copy
+
 
 def write_json(path, values):
     """Writes atomically: a kill leaves the previous file or the new one, never half of one."""

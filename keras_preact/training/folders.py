@@ -176,4 +176,4 @@ def complete(config, train_split):
         filled["classes"] = len(names) if names is not None else int(train_split.labels.max()) + 1
     if config.normalization is None:
         filled["normalization"] = list(channel_statistics(train_split.images))
-    return dataclasses.replace(config, **filled)
+    return config.completed(**filled)

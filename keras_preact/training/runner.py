@@ -98,7 +98,7 @@ def prepare(config, train_split, test_split, export_dir, callbacks, verbose):
     _check_environment(export_dir)
     # "auto" resolved before the run is claimed: config.json names the pipeline that ran, and a
     # resume on another one (other random draws) is refused.
-    config = dataclasses.replace(config, input_pipeline=pipelines.resolve(config.input_pipeline))
+    config = config.completed(input_pipeline=pipelines.resolve(config.input_pipeline))
     # First, before TensorFlow runs any op: multi-worker collectives are configured at start-up.
     placement = distribute.place(config.strategy)
     _check_model_dir(config)
