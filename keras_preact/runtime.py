@@ -94,3 +94,17 @@ def configure():
             stacklevel=3,
         )
 
+
+def return_freed_memory(threshold=1 << 20, arenas=2):
+    """glibc's allocator for a long-running server: blocks of `threshold` bytes and more mapped on
+    their own (returned to the system when freed) and at most `arenas` allocation arenas, so that
+    the large, short-lived buffers of request bodies do not stay in per-thread arenas and grow the
+    resident memory with every peak. Does nothing where the C library is not glibc."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold, m_arena_max = -3, -8  # glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, threshold)) and bool(mallopt(m_arena_max, arenas))

@@ -14,7 +14,7 @@ import re
 import socket
 import sys
 
-from keras_preact import choices
+from keras_preact import choices, runtime
 from keras_preact.serving.rest import MAX_BATCH
 from keras_preact.serving.versions import VersionPolicy
 
@@ -131,6 +131,7 @@ def main(argv=None):
         labels = _check(args)
     except ValueError as problem:
         parser.exit(1, f"error: {problem}\n")
+    runtime.return_freed_memory()  # request bodies come and go: memory flat under load
     logging.basicConfig(level=args.verbosity.upper(), format="%(asctime)s %(message)s")
     for name in ("tensorflow", "absl"):  # their INFO lines only where asked for
         logging.getLogger(name).setLevel(args.verbosity.upper() if args.verbosity == "debug" else "WARNING")

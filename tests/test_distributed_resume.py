@@ -3,8 +3,9 @@ line naming the lost process; the same commands run again resume where the chief
 off, and the history equals the uninterrupted run's, validation included.
 
 Without shared storage the worker's working directory is not the chief's, so its `--model_dir=run`
-is another, empty folder (as on a second machine); on JAX the processes share it (see
-`distribute.agree_on_start`). `benchmarks/kill_resume.py` repeats this at
+is another, empty folder (as on a second machine): the worker gets the chief's state through the
+engine's broadcast (`distribute.chief_checkpoint`, `distribute.agree_on_start`).
+`benchmarks/kill_resume.py` repeats this at
 random moments, killing either process, with and without shared storage.
 """
 
@@ -74,11 +75,7 @@ def kill_and_resume(root, whole, victim, shared, latest=1.0):
     return seconds
 
 
-# JAX's processes must load the checkpoint together (agree_on_start): shared storage there.
-SHARED = BACKEND == "jax"
-
-
 def test_a_lost_worker_ends_the_run_and_the_same_commands_resume_equal(tmp_path):
     whole = finish(tmp_path / "whole")
-    seconds = kill_and_resume(tmp_path / "killed", whole, victim=1, shared=SHARED, latest=0)
+    seconds = kill_and_resume(tmp_path / "killed", whole, victim=1, shared=False, latest=0)
     print(f"survivor exited {seconds:.1f} s after the kill")

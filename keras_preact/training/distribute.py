@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import tempfile
 
 import keras
 import numpy as np
@@ -187,6 +188,38 @@ def finished():
     heartbeat.finished()
 
 
+@contextlib.contextmanager
+def chief_checkpoint(placement, path):
+    """Yields the file to restore from: the chief's `path`, or None where the chief has none.
+
+    On JAX, loading a checkpoint is a collective that every process joins (each assignment of host
+    values to a variable is a `device_put` the processes agree on), so each JAX process of a
+    multi-process run gets the chief's file through the engine's broadcast — a process whose disk
+    does not hold it (another machine's) loads a temporary copy, removed afterwards. Elsewhere
+    each process restores what its disk holds and `agree_on_start` copies the chief's state."""
+    if placement.processes == 1 or keras.backend.backend() != "jax":
+        yield path if os.path.exists(path) else None
+        return
+    from jax.experimental import multihost_utils
+
+    def from_chief(values):
+        return np.asarray(multihost_utils.broadcast_one_to_all(values, is_source=placement.is_chief))
+
+    data = np.fromfile(path, np.uint8) if placement.is_chief and os.path.exists(path) else np.zeros(0, np.uint8)
+    size = int(from_chief(np.asarray(len(data), np.int32)))  # a checkpoint under 2 GiB
+    if size == 0:
+        yield None
+        return
+    data = from_chief(data if placement.is_chief else np.zeros(size, np.uint8))
+    if placement.is_chief:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="keras_preact_checkpoint_") as folder:
+        local = os.path.join(folder, os.path.basename(path))
+        data.tofile(local)
+        yield local
+
+
 def agree_on_start(placement, model, chief_first_epoch):
     """The epoch every process resumes after, with the chief's weights and optimizer state copied
     into every process by the engine's own broadcast: a process without the chief's model_dir
@@ -195,7 +228,7 @@ def agree_on_start(placement, model, chief_first_epoch):
     Every process restores what it can first (its own `chief_first_epoch` is ignored): on JAX each
     assignment of host values to a variable is a collective (`device_put` checks that the
     processes agree), so the processes must assign the same variables in the same order, and a
-    JAX worker without the checkpoint cannot resume yet (the chief's load waits for it)."""
+    JAX worker without the checkpoint loads the chief's (`chief_checkpoint`)."""
     if placement.processes == 1:
         return chief_first_epoch
     variables = [*model.variables, *model.optimizer.variables]

@@ -54,7 +54,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1, c
     prepared = prepare(config, train_split, test_split, export_dir, callbacks, verbose)
     with _own_folder(prepared.config.model_dir, prepared.placement.is_chief) as folder:
         model = _compiled_model(prepared)
-        first_epoch = restore(model, prepared.config.model_dir, prepared.plan.steps)
+        first_epoch = restore(model, prepared.config.model_dir, prepared.plan.steps, prepared.placement)
         # Every process starts where the chief does, with its weights (a worker may have no model_dir).
         first_epoch = distribute.agree_on_start(prepared.placement, model, first_epoch)
         _record_start(prepared, first_epoch)
@@ -417,13 +417,15 @@ def _earlier_training(model_dir, first_epoch, epochs):
         return {}
 
 
-def restore(model, model_dir, steps_per_epoch):
-    """Loads `model_dir`'s checkpoint (model and optimizer) into `model` if there is one; returns
-    the first epoch to train: the number of epochs it finished, 0 without a checkpoint."""
+def restore(model, model_dir, steps_per_epoch, placement):
+    """Loads `model_dir`'s checkpoint (model and optimizer) into `model` if there is one (the
+    chief's, in a run of several processes: `distribute.chief_checkpoint`); returns the first epoch
+    to train: the number of epochs it finished, 0 without a checkpoint."""
     checkpoint = os.path.join(model_dir, CHECKPOINT)
-    if not os.path.exists(checkpoint):
-        return 0
-    load_weights(model, checkpoint, "this run's model (remove the file to start the run afresh)")
+    with distribute.chief_checkpoint(placement, checkpoint) as local:
+        if local is None:
+            return 0
+        load_weights(model, local, "this run's model (remove the file to start the run afresh)")
     done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     if done == 0 or done % steps_per_epoch:  # Keras only warns when the optimizer state does not fit
         raise ValueError(
