@@ -14,9 +14,8 @@ import json
 import os
 import sys
 
-from keras_preact import choices
+from keras_preact import choices, runtime
 
-VERBOSITIES = ("debug", "info", "warning", "error")
 
 
 def _parser():
@@ -29,7 +28,7 @@ def _parser():
     parser.add_argument("--block", choices=choices.BLOCKS.names, help="without --model_dir: the block (default: the paper's for the depth)")
     parser.add_argument("--dataset", choices=choices.TRAINING_DATASETS.names, help="without --model_dir: the dataset (default: cifar10)")
     parser.add_argument("--version", type=int, default=None, help="version folder (default: the next free one)")
-    parser.add_argument("--verbosity", choices=VERBOSITIES, default="warning",
+    parser.add_argument("--verbosity", choices=runtime.VERBOSITIES, default="warning",
                         help="the least severe log lines shown (info: TensorFlow's export notes too); TensorFlow's "
                              "C++ log follows $TF_CPP_MIN_LOG_LEVEL")
     return parser
@@ -61,25 +60,12 @@ def _run_class_names(model_dir):
     return names
 
 
-def _quiet(verbosity):
-    """Python-side log lines of TensorFlow and absl (an export's "Function 'serve' contains input
-    name(s) ..." notes are INFO) below `verbosity` hidden."""
-    import logging
-
-    import absl.logging
-
-    logging.basicConfig(level=verbosity.upper(), format="%(message)s")
-    absl.logging.set_verbosity(verbosity)
-    for name in ("tensorflow", "absl"):
-        logging.getLogger(name).setLevel(verbosity.upper())
-
-
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
     if not args.model_dir and (args.depth is None or args.weights is None):
         parser.error("give --model_dir, or --weights with --depth")
-    _quiet(args.verbosity)
+    runtime.set_log_levels(args.verbosity, "%(message)s")
     from keras_preact.serving.layout import check_export_dir, next_version, versions
     from keras_preact.serving.saved_model import ENCODED_SIGNATURE, SIGNATURE, export_saved_model
     from keras_preact.training.config import RunConfig, build_model

@@ -9,7 +9,6 @@ problem at start is one line on stderr and exit status 1.
 
 import argparse
 import json
-import logging
 import re
 import socket
 import sys
@@ -17,9 +16,6 @@ import sys
 from keras_preact import choices, runtime
 from keras_preact.serving.rest import MAX_BATCH
 from keras_preact.serving.versions import VersionPolicy
-
-
-VERBOSITIES = ("debug", "info", "warning", "error")
 
 
 def _parser():
@@ -41,7 +37,7 @@ def _parser():
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                         help="seconds between looks at --export_dir for new versions (0: only at start)")
     parser.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json (default: off)")
-    parser.add_argument("--verbosity", choices=VERBOSITIES, default="info",
+    parser.add_argument("--verbosity", choices=runtime.VERBOSITIES, default="info",
                         help="the least severe log lines shown (info: one line a request); TensorFlow's C++ log "
                              "follows $TF_CPP_MIN_LOG_LEVEL")
     return parser
@@ -132,9 +128,7 @@ def main(argv=None):
     except ValueError as problem:
         parser.exit(1, f"error: {problem}\n")
     runtime.return_freed_memory()  # request bodies come and go: memory flat under load
-    logging.basicConfig(level=args.verbosity.upper(), format="%(asctime)s %(message)s")
-    for name in ("tensorflow", "absl"):  # their INFO lines only where asked for
-        logging.getLogger(name).setLevel(args.verbosity.upper() if args.verbosity == "debug" else "WARNING")
+    runtime.set_log_levels(args.verbosity, "%(asctime)s %(message)s")
     import uvicorn
 
     from keras_preact.serving.rest import create_app, log

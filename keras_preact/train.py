@@ -13,10 +13,9 @@ help line in `RUN_CONFIG_HELP`, so the command and the Python API cannot drift a
 import argparse
 import dataclasses
 import json
-import logging
 import sys
 
-from keras_preact import choices
+from keras_preact import choices, runtime
 from keras_preact.training.config import RunConfig
 
 # One help line per RunConfig field. A field without one fails tests/test_commands.py; where the
@@ -64,9 +63,6 @@ RUN_CONFIG_CHOICES = {
     "batch_norm": choices.BATCH_NORMS,
     "input_pipeline": choices.INPUT_PIPELINES,
 }
-
-VERBOSITIES = ("debug", "info", "warning", "error")
-
 
 def _json(kind, example):
     """An argparse type: JSON text holding a `kind` (dict or list), such as `example`."""
@@ -129,7 +125,7 @@ def parser(prog=None, description=None, export=True, **defaults):
                        help="JAX processes, the coordinator first (default: $KERAS_DISTRIBUTION_JOB_ADDRESSES)")
     setup.add_argument("--num_processes", type=int, help="JAX processes in the run (default: $KERAS_DISTRIBUTION_NUM_PROCESSES)")
     setup.add_argument("--process_id", type=int, help="this JAX process's index (default: $KERAS_DISTRIBUTION_PROCESS_ID)")
-    setup.add_argument("--verbosity", choices=VERBOSITIES, default="info",
+    setup.add_argument("--verbosity", choices=runtime.VERBOSITIES, default="info",
                        help="the least severe log lines shown (TensorFlow's Python log: warnings, or all at debug); "
                             "TensorFlow's C++ log follows $TF_CPP_MIN_LOG_LEVEL, read when TensorFlow loads (default: %(default)s)")
     if export:
@@ -137,20 +133,10 @@ def parser(prog=None, description=None, export=True, **defaults):
     return result
 
 
-def set_log_levels(verbosity):
-    """The root logger at `verbosity`; TensorFlow's and absl's Python loggers at warnings (their INFO
-    lines, such as an export's "Assets written to ...", only at debug)."""
-    level = getattr(logging, verbosity.upper())
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
-    logging.root.setLevel(level)
-    for name in ("tensorflow", "absl"):
-        logging.getLogger(name).setLevel(level if level == logging.DEBUG else max(level, logging.WARNING))
-
-
 def prepare(args):
     """Sets the log level, then, before the backend initialises its devices, joins the other
     processes of a multi-process run and splits the CPU as `--cpu_replicas` asks."""
-    set_log_levels(args.verbosity)
+    runtime.set_log_levels(args.verbosity)
     from keras_preact.training import distribute
 
     addresses = ",".join(args.job_addresses) if args.job_addresses else None

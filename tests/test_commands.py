@@ -11,7 +11,7 @@ import tomllib
 
 import pytest
 
-from keras_preact import train
+from keras_preact import runtime, train
 from keras_preact.training.config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,7 +114,7 @@ def test_verbosity_sets_the_log_levels(verbosity, ours, tensorflows, monkeypatch
     monkeypatch.setattr(logging.root, "level", logging.root.level)
     saved = {name: logging.getLogger(name).level for name in ("tensorflow", "absl")}
     try:
-        train.set_log_levels(verbosity)
+        runtime.set_log_levels(verbosity)
         assert logging.getLevelName(logging.root.level) == ours
         assert logging.getLevelName(logging.getLogger("keras_preact").getEffectiveLevel()) == ours
         assert {logging.getLevelName(logging.getLogger(name).level) for name in saved} == {tensorflows}

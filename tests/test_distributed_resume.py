@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from keras_preact.training.report import read_history
-from test_distributed import BACKEND, process_commands
+from test_distributed import process_commands
 
 ARGUMENTS = ["--epochs=2", "--model_dir=run"]
 NAMES = ("chief", "worker")

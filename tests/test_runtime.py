@@ -25,9 +25,21 @@ def test_import_turns_onednn_on_unless_the_user_chose():
     assert settings_after_import({runtime.ONEDNN: "0"}, runtime.ONEDNN) == {runtime.ONEDNN: "0"}
 
 
-def test_tensorflow_logs_errors_only_unless_the_user_chose():
-    assert settings_after_import({runtime.TF_LOG_LEVEL: None}, runtime.TF_LOG_LEVEL) == {runtime.TF_LOG_LEVEL: "2"}
+def test_tensorflow_logs_fatal_errors_only_unless_the_user_chose():
+    assert settings_after_import({runtime.TF_LOG_LEVEL: None}, runtime.TF_LOG_LEVEL) == {runtime.TF_LOG_LEVEL: "3"}
     assert settings_after_import({runtime.TF_LOG_LEVEL: "0"}, runtime.TF_LOG_LEVEL) == {runtime.TF_LOG_LEVEL: "0"}
+
+
+def test_tensorflow_starts_without_its_notes_and_other_lines_pass():
+    """TensorFlow's start-up notes, written before its log level applies, are held back; a line
+    another part of the process writes meanwhile is not. At level 0 the notes show (they exist)."""
+    pytest.importorskip("tensorflow")
+    code = ("import sys, keras_preact; sys.stderr.write('before\\n'); import tensorflow as tf; "
+            "sys.stderr.write('after\\n'); tf.constant(1) + 1")
+    quiet = run_python(code, backend="jax", env={runtime.TF_LOG_LEVEL: None}).stderr
+    assert quiet.splitlines() == ["before", "after"], quiet
+    loud = run_python(code, backend="jax", env={runtime.TF_LOG_LEVEL: "0"}).stderr
+    assert any(runtime.TF_START_UP_NOTE.match(line) for line in loud.splitlines()), loud
 
 
 def test_threads_follow_the_cpus_this_process_may_use():

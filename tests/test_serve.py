@@ -447,7 +447,7 @@ def test_a_server_fault_is_a_logged_json_500(server, monkeypatch, caplog):
         fault = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert fault and f"Internal error for POST /v1/models/{MODEL}:predict" in fault[0].getMessage()
         assert "device on fire" in fault[0].exc_text
-        assert any(f":predict -> 500" in r.getMessage() for r in caplog.records)
+        assert any(":predict -> 500" in r.getMessage() for r in caplog.records)
         assert call(local, f"/v1/models/{MODEL}:predict", {"instances": PIXELS_OK})[0] == 200
 
 

@@ -88,7 +88,7 @@ def assert_finished(model_dir, export_dir, steps, epochs):
 def test_a_run_that_reads_ahead_as_on_an_accelerator_finishes(tmp_path, look_ahead, pipeline):
     """Several epochs through Keras' look-ahead to results.json, the weights and the export."""
     config = training.RunConfig(depth=8, epochs=3, batch_size=20, model_dir=str(tmp_path / "run"), input_pipeline=pipeline)
-    results = training.run(config, *toy_splits(60), export_dir=str(tmp_path / "export"), verbose=0)
+    training.run(config, *toy_splits(60), export_dir=str(tmp_path / "export"), verbose=0)
     assert look_ahead, "the run did not take the look-ahead path"
     assert assert_finished(tmp_path / "run", tmp_path / "export", 3 * 3, 3)["input_pipeline"] == pipeline
 

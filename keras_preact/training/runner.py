@@ -194,7 +194,6 @@ def export(model, prepared, folder, export_dir):
     if export_dir is None:
         return None
     target = export_dir if prepared.placement.is_chief else os.path.join(folder, "export")
-    config = prepared.config
     return export_saved_model(model, target, prepared.info, version=next_version(target), class_names=prepared.class_names)
 
 
