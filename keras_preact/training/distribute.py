@@ -183,6 +183,17 @@ def _coordinator(backend):
     return f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
 
 
+@contextlib.contextmanager
+def peers_report_first():
+    """An error inside this block surfaces only after the heartbeat had a moment to end the process
+    with its one line, in case the error is a failed collective of a lost peer."""
+    try:
+        yield
+    except Exception:
+        heartbeat.wait_for_verdict()
+        raise
+
+
 def finished():
     """This process's part of the run ended well: its peers may exit without it counting as lost."""
     heartbeat.finished()

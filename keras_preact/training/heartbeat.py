@@ -71,6 +71,14 @@ def finished():
         _current = None
 
 
+def wait_for_verdict(seconds=5.0):
+    """Gives the child `seconds` to end this process where a peer was lost, or returns at once
+    without a heartbeat: a training process often learns of a lost peer first from a collective
+    that fails, and the run's one line, not that error's traceback, is what its user should see."""
+    if _current is not None and _current.poll() is None:
+        time.sleep(seconds)
+
+
 def _tell(child, word):
     try:
         child.stdin.write(f"{word}\n")

@@ -52,7 +52,7 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1, c
     """
     started = time.perf_counter()
     prepared = prepare(config, train_split, test_split, export_dir, callbacks, verbose)
-    with _own_folder(prepared.config.model_dir, prepared.placement.is_chief) as folder:
+    with distribute.peers_report_first(), _own_folder(prepared.config.model_dir, prepared.placement.is_chief) as folder:
         model = _compiled_model(prepared)
         first_epoch = restore(model, prepared.config.model_dir, prepared.plan.steps, prepared.placement)
         # Every process starts where the chief does, with its weights (a worker may have no model_dir).
