@@ -96,6 +96,14 @@ def test_the_cifar_name_on_a_folder_of_other_classes_names_folder(squares):
         run(config)
 
 
+def test_a_one_class_folder_is_refused_before_the_run_claims_model_dir(tmp_path):
+    folder = make_folder(tmp_path / "one", ("ant",), (32, 32))
+    config = RunConfig(dataset="folder", data_dir=str(folder), depth=11, epochs=1, batch_size=2, model_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"one class \(ant\); a classifier needs at least 2"):
+        run(config)
+    assert not os.path.exists(tmp_path / "run")
+
+
 def record(image_size, mean, std):
     """A dataset record that crops to `image_size` and normalises with one mean and std."""
     return dataclasses.replace(choices.DATASETS["cifar10"], image_size=image_size, mean=(mean,) * 3, std=(std,) * 3)
