@@ -96,6 +96,12 @@ def test_the_cifar_name_on_a_folder_of_other_classes_names_folder(squares):
         run(config)
 
 
+def test_an_image_size_too_large_for_memory_is_one_error(squares):
+    reading = folders.Reading(image_size=10**6, resize=folders.evaluation_resize("imagenet", 10**6))
+    with pytest.raises(ValueError, match=r"train images at 1142857x1142857 needs .* GiB .*: lower image_size"):
+        sources.load("folder", squares, None, reading)
+
+
 def test_a_one_class_folder_is_refused_before_the_run_claims_model_dir(tmp_path):
     folder = make_folder(tmp_path / "one", ("ant",), (32, 32))
     config = RunConfig(dataset="folder", data_dir=str(folder), depth=11, epochs=1, batch_size=2, model_dir=str(tmp_path / "run"))
