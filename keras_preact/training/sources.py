@@ -151,8 +151,12 @@ def read_image_folder(data_dir, reading=None):
 def _image_files(folder):
     files = []
     for entry in _visible(folder):
+        if entry.is_dir() and not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            raise ValueError(f"{entry.path} is a folder inside a class folder: move its images up, or remove it.")
         if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-            continue
+            raise ValueError(
+                f"{entry.path} is not a .jpg or .png file (a class folder holds only images): convert it or remove it."
+            )
         if entry.is_dir():
             raise ValueError(f"{entry.path} is a folder, not an image: rename or move it.")
         if not entry.is_file():
