@@ -110,6 +110,13 @@ def test_a_one_class_folder_is_refused_before_the_run_claims_model_dir(tmp_path)
     assert not os.path.exists(tmp_path / "run")
 
 
+def test_classes_other_than_the_folders_are_refused_naming_both(squares, tmp_path):
+    config = RunConfig(dataset="folder", data_dir=str(squares), classes=5, recipe="imagenet", image_size=32, depth=11,
+                       epochs=1, batch_size=2, model_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"classes=5, but the image folder has 3 class folders \(ant, bee, cat\)"):
+        run(config)
+
+
 def record(image_size, mean, std):
     """A dataset record that crops to `image_size` and normalises with one mean and std."""
     return dataclasses.replace(choices.DATASETS["cifar10"], image_size=image_size, mean=(mean,) * 3, std=(std,) * 3)
