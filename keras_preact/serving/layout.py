@@ -12,6 +12,7 @@ import tempfile
 
 VERSION = re.compile(r"0|[1-9][0-9]*")  # a version folder's name, as the version prints
 PARTIAL = ".partial-"  # in the name of a version folder being written
+MAX_VERSION = 2**63 - 1  # TF Serving reads versions as int64
 
 
 def check_export_dir(export_dir):
