@@ -66,13 +66,13 @@ def main(argv=None):
     if not args.model_dir and (args.depth is None or args.weights is None):
         parser.error("give --model_dir, or --weights with --depth")
     runtime.set_log_levels(args.verbosity, "%(message)s")
-    from keras_preact.serving.layout import check_export_dir, next_version, versions
+    from keras_preact.serving.layout import check_export_dir, check_version, next_version, versions
     from keras_preact.serving.saved_model import ENCODED_SIGNATURE, SIGNATURE, export_saved_model
     from keras_preact.training.config import RunConfig, build_model
 
     try:
         if args.version is not None:
-            choices.check_count("--version", args.version)
+            check_version("--version", args.version)
         check_export_dir(args.export_dir)
         version = next_version(args.export_dir) if args.version is None else args.version
         if version in versions(args.export_dir):

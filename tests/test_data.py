@@ -234,6 +234,19 @@ def test_a_folder_named_like_an_image(sample_copy):
         data.load("cifar10", str(sample_copy))
 
 
+@pytest.mark.parametrize("name", ["notes.txt", "photo.webp", "raw"])
+def test_a_file_that_is_not_a_jpeg_or_png_is_named_not_skipped(sample_copy, name):
+    (sample_copy / "train" / "cat" / name).write_bytes(b"\0")
+    with pytest.raises(ValueError, match=rf"train/cat/{name} is not a .jpg or .png file"):
+        data.load("cifar10", str(sample_copy))
+
+
+def test_a_folder_inside_a_class_folder(sample_copy):
+    (sample_copy / "train" / "cat" / "more").mkdir()
+    with pytest.raises(ValueError, match=r"train/cat/more is a folder inside a class folder"):
+        data.load("cifar10", str(sample_copy))
+
+
 def test_a_broken_link(sample_copy):
     os.symlink(sample_copy / "nowhere.jpg", sample_copy / "test" / "cat" / "gone.jpg")
     with pytest.raises(ValueError, match=r"test/cat/gone.jpg is a broken link or not a regular file"):

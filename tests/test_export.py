@@ -291,6 +291,7 @@ def test_a_model_with_include_preprocessing_is_normalised_once(tmp_path):
         ({"class_names": 10}, ValueError, "class_names must be a list of non-empty strings, got 10"),
         ({"dataset": ((1, 2), (3, 4))}, ValueError, "3 finite numbers each"),
         ({"dataset": "imagenet"}, ValueError, "has 10 classes but dataset='imagenet' has 1000"),
+        ({"version": 2**63}, ValueError, "version=9223372036854775808 is above 9223372036854775807, the largest version TF Serving reads"),
     ],
 )
 def test_bad_class_names_and_normalisation(tmp_path, kwargs, error, message):

@@ -96,6 +96,27 @@ def test_the_cifar_name_on_a_folder_of_other_classes_names_folder(squares):
         run(config)
 
 
+def test_an_image_size_too_large_for_memory_is_one_error(squares):
+    reading = folders.Reading(image_size=10**6, resize=folders.evaluation_resize("imagenet", 10**6))
+    with pytest.raises(ValueError, match=r"train images at 1142857x1142857 needs .* GiB .*: lower image_size"):
+        sources.load("folder", squares, None, reading)
+
+
+def test_a_one_class_folder_is_refused_before_the_run_claims_model_dir(tmp_path):
+    folder = make_folder(tmp_path / "one", ("ant",), (32, 32))
+    config = RunConfig(dataset="folder", data_dir=str(folder), depth=11, epochs=1, batch_size=2, model_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"one class \(ant\); a classifier needs at least 2"):
+        run(config)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_classes_other_than_the_folders_are_refused_naming_both(squares, tmp_path):
+    config = RunConfig(dataset="folder", data_dir=str(squares), classes=5, recipe="imagenet", image_size=32, depth=11,
+                       epochs=1, batch_size=2, model_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"classes=5, but the image folder has 3 class folders \(ant, bee, cat\)"):
+        run(config)
+
+
 def record(image_size, mean, std):
     """A dataset record that crops to `image_size` and normalises with one mean and std."""
     return dataclasses.replace(choices.DATASETS["cifar10"], image_size=image_size, mean=(mean,) * 3, std=(std,) * 3)

@@ -40,6 +40,7 @@ def test_preprocess_input_normalises_per_channel(dataset):
         (np.zeros((32, 3)), {}, "3 channels"),
         (PIXELS, {"dataset": "svhn"}, "Unknown dataset='svhn'"),
         (PIXELS, {"dataset": ((1, 2), (1, 2))}, "3 finite numbers each"),
+        (PIXELS, {"dataset": ((True, 2, 3), (1, 1, 1))}, "mean and std must be numbers"),
         (PIXELS, {"data_format": "nhwc"}, "Unknown data_format='nhwc'"),
     ],
 )

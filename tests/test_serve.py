@@ -775,3 +775,26 @@ def test_help_lists_every_flag_with_its_default(capsys):
             flag = action.option_strings[-1]
             assert flag in text, flag
             assert action.help and (action.default in (None, False, argparse.SUPPRESS) or f"(default: {action.default})" in text), flag
+
+
+def test_a_version_that_fails_to_load_keeps_the_served_one_and_is_retried_once_its_files_change(tmp_path):
+    """Version 2 copied without its variables (a `cp -r` seen half-way) fails to load: version 1
+    stays served; once the copy completes version 2 loads; once it is removed version 1 is back."""
+    from keras_preact.serving.versions import Servable
+
+    export_dir = str(tmp_path)
+    keras_preact.export_saved_model(keras_preact.PreActResNet(8, block="basic"), export_dir, version=1)
+    servable = Servable(export_dir)
+    os.mkdir(tmp_path / "2")
+    shutil.copy(tmp_path / "1" / "saved_model.pb", tmp_path / "2")
+    servable._sync()
+    assert servable.available() == [1]
+    assert servable.status(2)[0]["state"] == "END" and servable.status(2)[0]["status"]["error_message"]
+    servable._sync()  # unchanged files: no second try
+    assert servable.available() == [1]
+    shutil.copytree(tmp_path / "1" / "variables", tmp_path / "2" / "variables")
+    servable._sync()
+    assert servable.available() == [2]
+    shutil.rmtree(tmp_path / "2")
+    servable._sync()
+    assert servable.available() == [1]

@@ -41,6 +41,8 @@ def normalization(dataset) -> tuple[np.ndarray, np.ndarray]:
             f"(mean, std) pair of per-channel values, got {dataset!r}."
         )
     try:
+        if any(isinstance(value, (bool, np.bool_)) for value in np.ravel(np.asarray([mean, std], object))):
+            raise TypeError("JSON true/false would pass as 1 and 0")
         mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     except (TypeError, ValueError):
         raise ValueError(f"mean and std must be numbers, got {dataset!r}.") from None

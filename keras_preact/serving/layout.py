@@ -10,8 +10,11 @@ import os
 import re
 import tempfile
 
+from keras_preact import choices
+
 VERSION = re.compile(r"0|[1-9][0-9]*")  # a version folder's name, as the version prints
 PARTIAL = ".partial-"  # in the name of a version folder being written
+MAX_VERSION = 2**63 - 1  # TF Serving reads versions as int64
 
 
 def check_export_dir(export_dir):
@@ -34,6 +37,15 @@ def check_export_dir(export_dir):
         os.rmdir(tempfile.mkdtemp(prefix=".keras_preact-probe-", dir=existing))
     except OSError as error:
         raise PermissionError(f"export_dir {export_dir!r}: no folder can be created in {existing!r} ({error.strerror}).") from None
+
+
+def check_version(argument, version):
+    """`version` as an int if it is a version TF Serving can read (1 to int64's largest); a
+    ValueError naming `argument` otherwise."""
+    version = choices.check_count(argument, version)
+    if version > MAX_VERSION:
+        raise ValueError(f"{argument}={version} is above {MAX_VERSION}, the largest version TF Serving reads (int64).")
+    return version
 
 
 def versions(export_dir):

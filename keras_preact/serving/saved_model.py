@@ -25,7 +25,7 @@ import numpy as np
 
 from keras_preact import choices
 from keras_preact.model.preprocessing import Normalize, dataset_class_names, normalization, normalize
-from keras_preact.serving.layout import check_export_dir, incomplete, partial_prefix
+from keras_preact.serving.layout import check_export_dir, check_version, incomplete, partial_prefix
 
 SIGNATURE = "serving_default"
 ENCODED_SIGNATURE = "encoded_images"
@@ -92,7 +92,7 @@ def _checked(model, export_dir, dataset, version, class_names):
     """(export_dir, version, what `_wrap` takes after the input shape) of a valid export, or the
     error that names what is wrong, before any work."""
     check_export_dir(export_dir)
-    version = choices.check_count("version", version)
+    version = check_version("version", version)
     record = choices.DATASETS[dataset] if isinstance(dataset, str) else dataset if isinstance(dataset, choices.Dataset) else None
     normalization(dataset)  # a bad (mean, std) fails here
     softmax_output = _output_activation(model)

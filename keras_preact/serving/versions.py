@@ -120,6 +120,7 @@ class Servable:
         self.export_dir, self.labels, self.policy = export_dir, dict(labels or {}), policy
         self.on_load = on_load or (lambda outcome: None)
         self.versions, self.states, self.in_flight = {}, {}, {}  # by version number: loaded Versions, ...
+        self.failed = {}  # version number: its folder's `_files` when its load failed
         self._skipped, self._changed = set(), threading.Condition()
         self._stop = threading.Event()
         self._sync(first=True)
@@ -133,10 +134,20 @@ class Servable:
         self._skipped = {name for name, _ in skipped}
         if first:
             _check_start(self.export_dir, complete, skipped, self.labels, self.policy)
-        wanted = self.policy.chosen(complete) | (set(self.labels.values()) & set(complete))
-        for number in sorted(wanted - set(self.versions) - set(self.states)):  # a version that failed stays END
-            self._load(number, first)
+        # A version that failed to load is retried only once its files change (a copy that was not
+        # finished), and never pushes out a loaded version: the policy chooses among the others.
+        for number in [n for n in self.failed if self.failed[n] != _files(os.path.join(self.export_dir, str(n)))]:
+            del self.failed[number]
+        while True:  # each load adds a version or a failure, so this ends
+            loadable = [n for n in complete if n not in self.failed]
+            wanted = self.policy.chosen(loadable) | (set(self.labels.values()) & set(loadable))
+            if not wanted - set(self.versions):
+                break
+            for number in sorted(wanted - set(self.versions)):
+                self._load(number, first)
         with self._changed:
+            for number in wanted & set(self.versions):  # wanted again while it was unloading
+                self.states[number] = ("AVAILABLE", "")
             for number in set(self.versions) - wanted:
                 self.states[number] = ("UNLOADING", "")
                 log.info("Unloading version %d of %s", number, self.export_dir)
@@ -152,6 +163,7 @@ class Servable:
             if first:
                 raise
             log.error("Version %d of %s failed to load: %s", number, self.export_dir, first_line(error))
+            self.failed[number] = _files(os.path.join(self.export_dir, str(number)))
             with self._changed:
                 self.states[number] = ("END", first_line(error))
             return
@@ -240,6 +252,16 @@ class Servable:
             for n, (state, message) in states
             if number is None or n == number
         ]
+
+
+def _files(folder):
+    """(path, size, modification time) of every file under `folder`: what tells a changed folder."""
+    found = []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            stat = os.stat(os.path.join(root, name))
+            found.append((os.path.join(root, name), stat.st_size, stat.st_mtime_ns))
+    return sorted(found)
 
 
 def _check_start(export_dir, complete, skipped, labels, policy):

@@ -174,6 +174,11 @@ def complete(config, train_split):
     if config.classes is None:
         names = train_split.class_names
         filled["classes"] = len(names) if names is not None else int(train_split.labels.max()) + 1
+        if filled["classes"] < 2:  # checked here, before the run claims model_dir
+            raise ValueError(
+                f"The training images have one class ({names[0] if names else 0}); a classifier needs at least 2: "
+                "add a class folder under train/ and test/ for each class."
+            )
     if config.normalization is None:
         filled["normalization"] = list(channel_statistics(train_split.images))
     return config.completed(**filled)

@@ -350,6 +350,11 @@ def _class_names(config, train_split, test_split):
     before training, not at export."""
     dataset = config.dataset_record()
     names = list(train_split.class_names or dataset.class_names or map(str, range(dataset.classes)))
+    if len(names) != dataset.classes and config.dataset == "folder":
+        raise ValueError(
+            f"classes={dataset.classes}, but the image folder has {len(names)} class folders ({', '.join(names[:12])}): "
+            "leave classes unset to take the folder's."
+        )
     if len(names) != dataset.classes:
         raise ValueError(
             f"The training images have {len(names)} classes ({', '.join(names[:12])}), {config.dataset} has "

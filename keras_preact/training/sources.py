@@ -151,8 +151,12 @@ def read_image_folder(data_dir, reading=None):
 def _image_files(folder):
     files = []
     for entry in _visible(folder):
+        if entry.is_dir() and not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            raise ValueError(f"{entry.path} is a folder inside a class folder: move its images up, or remove it.")
         if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-            continue
+            raise ValueError(
+                f"{entry.path} is not a .jpg or .png file (a class folder holds only images): convert it or remove it."
+            )
         if entry.is_dir():
             raise ValueError(f"{entry.path} is a folder, not an image: rename or move it.")
         if not entry.is_file():
@@ -175,7 +179,13 @@ def _read_folder_split(data_dir, split, classes, reading):
         paths, labels = [paths[i] for i in chosen], labels[chosen]
     side = reading.stored_side(split)
     size = (side, side) if reading.resize is None else None  # the ImageNet recipe takes any size
-    images = np.empty((len(paths), side, side, 3), np.uint8)
+    try:
+        images = np.empty((len(paths), side, side, 3), np.uint8)
+    except MemoryError:  # an image_size far too large for this machine, refused before any decoding
+        raise ValueError(
+            f"Keeping the {len(paths):,} {split} images at {side}x{side} needs {len(paths) * side * side * 3 / 2**30:,.1f} GiB "
+            "of memory, more than this machine can give: lower image_size (or train_subset)."
+        ) from None
     progress = folders.Progress(f"Decoding {os.path.join(data_dir, split)}", len(paths), enabled=reading.progress)
     for index, path in enumerate(paths):
         images[index] = folders.stored_view(_decode_file(path, size), reading, split)
