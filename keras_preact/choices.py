@@ -7,7 +7,6 @@ here; the code that gives it behaviour reads the record. This module imports not
 (and no framework), so command lines can list the choices before a backend starts.
 """
 
-import argparse
 import contextlib
 import dataclasses
 import math
@@ -415,10 +414,3 @@ BATCH_NORMS = Choices(
         "synchronized": "statistics of the global batch, all-reduced across replicas",
     },
 )
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help with each flag's default, where it has one (a None default says what happens in its help)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)

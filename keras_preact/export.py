@@ -8,19 +8,18 @@ same function training used; the class names are the run's (`results.json`, e.g.
 class folders) or the dataset's. Every bad input is reported in one line, before any work.
 """
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
 
-from keras_preact import choices, runtime
+from keras_preact import choices, command_line
 
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="python -m keras_preact.export", description=__doc__.split("\n\n")[0],
-                                     formatter_class=choices.HelpFormatter)
+    parser = command_line.ArgumentParser(prog="python -m keras_preact.export", description=__doc__.split("\n\n")[0],
+                                     formatter_class=command_line.HelpFormatter)
     parser.add_argument("--model_dir", help="a run's folder: reads config.json and model.weights.h5 (or checkpoint.weights.h5); give it or --weights with --depth")
     parser.add_argument("--weights", help="a .weights.h5 file (default: the run's)")
     parser.add_argument("--export_dir", required=True, help="base folder; the model goes to EXPORT_DIR/VERSION (required)")
@@ -28,7 +27,7 @@ def _parser():
     parser.add_argument("--block", choices=choices.BLOCKS.names, help="without --model_dir: the block (default: the paper's for the depth)")
     parser.add_argument("--dataset", choices=choices.TRAINING_DATASETS.names, help="without --model_dir: the dataset (default: cifar10)")
     parser.add_argument("--version", type=int, default=None, help="version folder (default: the next free one)")
-    parser.add_argument("--verbosity", choices=runtime.VERBOSITIES, default="warning",
+    parser.add_argument("--verbosity", choices=command_line.VERBOSITIES, default="warning",
                         help="the least severe log lines shown (info: TensorFlow's export notes too); TensorFlow's "
                              "C++ log follows $TF_CPP_MIN_LOG_LEVEL")
     return parser
@@ -65,7 +64,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.model_dir and (args.depth is None or args.weights is None):
         parser.error("give --model_dir, or --weights with --depth")
-    runtime.set_log_levels(args.verbosity, "%(message)s")
+    command_line.set_log_levels(args.verbosity, "%(message)s")
     from keras_preact.serving.layout import check_export_dir, check_version, next_version, versions
     from keras_preact.serving.saved_model import ENCODED_SIGNATURE, SIGNATURE, export_saved_model
     from keras_preact.training.config import RunConfig, build_model

@@ -31,7 +31,6 @@ import warnings
 
 ONEDNN = "TF_ENABLE_ONEDNN_OPTS"
 TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
-VERBOSITIES = ("debug", "info", "warning", "error")  # the commands' --verbosity
 # What TensorFlow writes to stderr at import before its log level applies.
 TF_START_UP_NOTE = re.compile(
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
@@ -175,17 +174,3 @@ def _stderr_without_start_up_notes():
             kept = "".join(line for line in lines if failed or not TF_START_UP_NOTE.match(line))
             if kept:
                 os.write(2, kept.encode())
-
-
-def set_log_levels(verbosity, log_format="%(asctime)s %(levelname)s %(message)s"):
-    """A command's Python log at `verbosity` (one of `VERBOSITIES`); the frameworks' own loggers
-    (TensorFlow, absl, JAX) at warnings unless `verbosity` is "debug", so that their INFO notes
-    (an export's "Function 'serve' contains input name(s) ...", JAX's "Unable to initialize backend
-    'tpu'") appear only where asked for."""
-    import logging
-
-    level = getattr(logging, verbosity.upper())
-    logging.basicConfig(format=log_format)
-    logging.root.setLevel(level)
-    for name in ("tensorflow", "absl", "jax"):
-        logging.getLogger(name).setLevel(level if level == logging.DEBUG else max(level, logging.WARNING))

@@ -7,20 +7,19 @@ Needs TensorFlow, FastAPI and uvicorn (the `[serve]` extra); the application is
 problem at start is one line on stderr and exit status 1.
 """
 
-import argparse
 import json
 import re
 import socket
 import sys
 
-from keras_preact import choices, runtime
+from keras_preact import choices, command_line, runtime
 from keras_preact.serving.rest import MAX_BATCH
 from keras_preact.serving.versions import VersionPolicy
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="python -m keras_preact.serve", description=__doc__.split("\n\n")[0],
-                                     formatter_class=choices.HelpFormatter)
+    parser = command_line.ArgumentParser(prog="python -m keras_preact.serve", description=__doc__.split("\n\n")[0],
+                                     formatter_class=command_line.HelpFormatter)
     parser.add_argument("--export_dir", required=True, help="the model's base directory (holding version folders; required)")
     parser.add_argument("--model_name", required=True, help="the NAME in /v1/models/NAME (required)")
     parser.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default (1-65535)")
@@ -37,7 +36,7 @@ def _parser():
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                         help="seconds between looks at --export_dir for new versions (0: only at start)")
     parser.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json (default: off)")
-    parser.add_argument("--verbosity", choices=runtime.VERBOSITIES, default="info",
+    parser.add_argument("--verbosity", choices=command_line.VERBOSITIES, default="info",
                         help="the least severe log lines shown (info: one line a request); TensorFlow's C++ log "
                              "follows $TF_CPP_MIN_LOG_LEVEL")
     return parser
@@ -128,7 +127,7 @@ def main(argv=None):
     except ValueError as problem:
         parser.exit(1, f"error: {problem}\n")
     runtime.return_freed_memory()  # request bodies come and go: memory flat under load
-    runtime.set_log_levels(args.verbosity, "%(asctime)s %(message)s")
+    command_line.set_log_levels(args.verbosity, "%(asctime)s %(message)s")
     import uvicorn
 
     from keras_preact.serving.rest import create_app, log

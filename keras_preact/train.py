@@ -15,7 +15,7 @@ import dataclasses
 import json
 import sys
 
-from keras_preact import choices, runtime
+from keras_preact import choices, command_line
 from keras_preact.training.config import RunConfig
 
 # One help line per RunConfig field. A field without one fails tests/test_commands.py; where the
@@ -113,7 +113,7 @@ def parser(prog=None, description=None, export=True, **defaults):
     """The training command's parser: a flag per RunConfig field (`defaults` overrides the
     dataclass's defaults), the process's setup flags, `--export_dir` where `export`, and
     `--verbosity`."""
-    result = argparse.ArgumentParser(prog=prog, description=description or __doc__.split("\n\n")[0])
+    result = command_line.ArgumentParser(prog=prog, description=description or __doc__.split("\n\n")[0])
     run = result.add_argument_group("the run (keras_preact.training.RunConfig)")
     for field in dataclasses.fields(RunConfig):
         default = field.default if field.default is not dataclasses.MISSING else None
@@ -125,7 +125,7 @@ def parser(prog=None, description=None, export=True, **defaults):
                        help="JAX processes, the coordinator first (default: $KERAS_DISTRIBUTION_JOB_ADDRESSES)")
     setup.add_argument("--num_processes", type=int, help="JAX processes in the run (default: $KERAS_DISTRIBUTION_NUM_PROCESSES)")
     setup.add_argument("--process_id", type=int, help="this JAX process's index (default: $KERAS_DISTRIBUTION_PROCESS_ID)")
-    setup.add_argument("--verbosity", choices=runtime.VERBOSITIES, default="info",
+    setup.add_argument("--verbosity", choices=command_line.VERBOSITIES, default="info",
                        help="the least severe log lines shown (TensorFlow's Python log: warnings, or all at debug); "
                             "TensorFlow's C++ log follows $TF_CPP_MIN_LOG_LEVEL, read when TensorFlow loads (default: %(default)s)")
     if export:
@@ -136,7 +136,7 @@ def parser(prog=None, description=None, export=True, **defaults):
 def prepare(args):
     """Sets the log level, then, before the backend initialises its devices, joins the other
     processes of a multi-process run and splits the CPU as `--cpu_replicas` asks."""
-    runtime.set_log_levels(args.verbosity)
+    command_line.set_log_levels(args.verbosity)
     from keras_preact.training import distribute
 
     addresses = ",".join(args.job_addresses) if args.job_addresses else None

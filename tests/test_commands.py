@@ -11,7 +11,7 @@ import tomllib
 
 import pytest
 
-from keras_preact import runtime, train
+from keras_preact import command_line, train
 from keras_preact.training.config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,7 +114,7 @@ def test_verbosity_sets_the_log_levels(verbosity, ours, tensorflows, monkeypatch
     monkeypatch.setattr(logging.root, "level", logging.root.level)
     saved = {name: logging.getLogger(name).level for name in ("tensorflow", "absl")}
     try:
-        runtime.set_log_levels(verbosity)
+        command_line.set_log_levels(verbosity)
         assert logging.getLevelName(logging.root.level) == ours
         assert logging.getLevelName(logging.getLogger("keras_preact").getEffectiveLevel()) == ours
         assert {logging.getLevelName(logging.getLogger(name).level) for name in saved} == {tensorflows}
@@ -127,3 +127,12 @@ def test_verbosity_is_a_choice(capsys):
     with pytest.raises(SystemExit):
         train.parser().parse_args(["--verbosity=loud"])
     assert "argument --verbosity: invalid choice: 'loud'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--learning_rate=abc", "--image_size=32.5", "--verbosity=loud", "--depth"])
+def test_a_flag_of_the_wrong_type_is_one_line(flag, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train.parser(prog="keras-preact-train").parse_args([flag])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(lines) == 1, lines  # argparse would print its 25-line usage first
+    assert lines[0].startswith("keras-preact-train: error: argument") and "--help lists every flag" in lines[0]
