@@ -32,7 +32,9 @@ def test_create_model_builds_what_the_builder_builds():
         (164, {}, ValueError, "name must be a model name such as 'preact_resnet164', got 164"),
         ("preact_resnet164.cifar10", {"weights": "cifar100"}, ValueError, "names the weights 'cifar10' already"),
         ("preact_resnet50", {"weights": "imagenet"}, ValueError, "No pretrained weights are published for preact_resnet50 on 'imagenet'"),
-        ("preact_resnet", {}, TypeError, "depth"),
+        ("preact_resnet", {}, ValueError, r"'preact_resnet' is the generic network: give its depth"),
+        ("preact_resnet110", {"depth": 20}, ValueError, r"'preact_resnet110' has its depth in its name; for depth=20 use"),
+        ("PREACT_RESNET164", {}, ValueError, r"Close matches: 'preact_resnet164'"),
         ("preact_resnet110", {"unit_type": "original"}, TypeError, "unit_type"),
     ],
 )

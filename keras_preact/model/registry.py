@@ -59,11 +59,15 @@ def create_model(name: str, weights: str | None = None, **kwargs) -> keras.Model
         raise ValueError(f"name must be a model name such as 'preact_resnet164', got {name!r}.")
     model, _, tag = name.partition(".")
     if model not in MODELS:
-        close = difflib.get_close_matches(model, MODELS, n=3, cutoff=0.6)
+        close = difflib.get_close_matches(model.lower(), MODELS, n=3, cutoff=0.6)
         hint = f" Close matches: {', '.join(map(repr, close))};" if close else ""
         raise ValueError(f"Unknown model {name!r}.{hint} list_models() names them all.")
     if tag:
         if weights is not None:
             raise ValueError(f"{name!r} names the weights {tag!r} already; weights={weights!r} contradicts it.")
         weights = tag
+    if model == "preact_resnet" and "depth" not in kwargs:
+        raise ValueError("'preact_resnet' is the generic network: give its depth, e.g. create_model('preact_resnet', depth=56).")
+    if model != "preact_resnet" and "depth" in kwargs:
+        raise ValueError(f"{model!r} has its depth in its name; for depth={kwargs['depth']!r} use 'preact_resnet'.")
     return MODELS[model](weights=weights, **kwargs)
