@@ -10,7 +10,8 @@ Runs on TensorFlow, JAX and PyTorch (`KERAS_BACKEND`).
 The package follows the data: `model` (layers, the residual unit, the builders, preprocessing) →
 `training` (configuration, input pipelines, recipe, placement, the run) → `serving` (SavedModel
 and ONNX export, a TF-Serving-style REST server); `choices` holds every named option as data. The
-commands are `examples/cifar.py`, `python -m keras_preact.export` and `python -m keras_preact.serve`.
+commands are `keras-preact-train`, `keras-preact-export` and `keras-preact-serve` (installed
+with the package; `examples/cifar.py` is the first as an example).
 """
 
 # First, before Keras imports its backend: oneDNN and thread settings (see runtime.py).
