@@ -8,8 +8,15 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
 BACKENDS = ("tensorflow", "jax", "torch")
+
+# A check whose outcome cannot depend on the Keras backend this suite runs on (a fresh process
+# with its own backend or none, or a refusal before any backend work) runs in one suite: torch's.
+backend_independent = pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="the same on every backend: run once, in the torch suite"
+)
 
 
 def run_python(code, backend=None, timeout=600, check=True, env=None):

@@ -10,6 +10,7 @@ import sys
 import tomllib
 
 import pytest
+from helpers import backend_independent
 
 from keras_preact import command_line, train
 from keras_preact.training.config import RunConfig
@@ -75,6 +76,7 @@ def described_flags(text):
     return flags
 
 
+@backend_independent
 @pytest.mark.parametrize("module", ["keras_preact.train", "keras_preact.export", "keras_preact.serve"])
 def test_help_lists_every_flag_with_help_and_nothing_else(module):
     done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120,
@@ -90,6 +92,7 @@ def test_help_lists_every_flag_with_help_and_nothing_else(module):
         assert set(described) == {f"--{a.dest}" for a in train.parser()._actions if a.dest != "help"}
 
 
+@backend_independent
 def test_the_example_is_the_command():
     done = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "cifar.py"), "--help"], capture_output=True,
                           text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
@@ -97,6 +100,7 @@ def test_the_example_is_the_command():
     assert set(described_flags(done.stdout)) == {f"--{a.dest}" for a in train.parser()._actions if a.dest != "help"}
 
 
+@backend_independent
 def test_a_bad_setting_is_one_line_on_stderr(tmp_path):
     done = subprocess.run([sys.executable, "-m", "keras_preact.train", "--depth=12", f"--model_dir={tmp_path}"],
                           capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))

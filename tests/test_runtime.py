@@ -7,7 +7,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from helpers import run_python
+from helpers import backend_independent, run_python
 
 from keras_preact import runtime
 
@@ -20,16 +20,19 @@ def settings_after_import(env, *names):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@backend_independent
 def test_import_turns_onednn_on_unless_the_user_chose():
     assert settings_after_import({runtime.ONEDNN: None}, runtime.ONEDNN) == {runtime.ONEDNN: "1"}
     assert settings_after_import({runtime.ONEDNN: "0"}, runtime.ONEDNN) == {runtime.ONEDNN: "0"}
 
 
+@backend_independent
 def test_tensorflow_logs_fatal_errors_only_unless_the_user_chose():
     assert settings_after_import({runtime.TF_LOG_LEVEL: None}, runtime.TF_LOG_LEVEL) == {runtime.TF_LOG_LEVEL: "3"}
     assert settings_after_import({runtime.TF_LOG_LEVEL: "0"}, runtime.TF_LOG_LEVEL) == {runtime.TF_LOG_LEVEL: "0"}
 
 
+@backend_independent
 def test_tensorflow_starts_without_its_notes_and_other_lines_pass():
     """TensorFlow's start-up notes, written before its log level applies, are held back; a line
     another part of the process writes meanwhile is not. At level 0 the notes show (they exist)."""

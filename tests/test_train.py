@@ -13,7 +13,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from helpers import run_python
+from helpers import backend_independent, run_python
 
 import keras_preact
 from keras_preact import choices, training
@@ -264,6 +264,7 @@ def test_an_evaluation_that_is_not_finite_stops_the_run():
     assert guard.where == "the evaluation after epoch 2" and guard.model.stop_training
 
 
+@backend_independent
 def test_zero_and_negative_settings_are_refused_by_the_command(tmp_path):
     for flag, message in (("--epochs=0", "epochs must be a positive integer, got 0"),
                           ("--batch_size=0", "batch_size must be a positive integer, got 0"),
@@ -313,6 +314,7 @@ def test_a_test_set_that_does_not_split_over_the_devices_is_refused_before_train
     assert not (tmp_path / "run").exists()
 
 
+@backend_independent
 def test_torch_backend_says_one_device():
     code = "from keras_preact.training import distribute; print(distribute.place('auto').description)"
     out = run_python(code, backend="torch").stdout
@@ -321,6 +323,7 @@ def test_torch_backend_says_one_device():
     assert "on the torch backend runs under torchrun: torchrun --nproc_per_node=N" in failed.stderr
 
 
+@backend_independent
 @pytest.mark.parametrize(
     "tf_config, strategy, message",
     [
@@ -390,6 +393,7 @@ def test_model_dir_of_another_run_is_refused(tmp_path):
         training.run(training.RunConfig(depth=14, epochs=1, batch_size=20, model_dir=str(tmp_path)), *toy_splits(), verbose=0)
 
 
+@backend_independent
 def test_command_line_reports_errors_without_traceback(tmp_path):
     result = subprocess.run(
         CIFAR[:2] + ["--depth=12", f"--model_dir={tmp_path}"], capture_output=True, text=True, timeout=300,

@@ -13,12 +13,18 @@ vanished sends no FIN), means the peer was lost. A process that exits before `fi
 its peers it stopped (its own output says why); the chief passes a loss on to the others, so
 each survivor names the process that was lost.
 
+The training process's standard error passes through the child, `HOLD_SECONDS` late: the engines
+report a lost peer themselves, at the moment of the loss and from C++ (JAX's coordination client
+logs a FATAL line, Gloo and gRPC their errors), so the child drops what is held when it finds a
+peer lost, and its one line is all a survivor prints.
+
     >>> message(1, 2, "lost")[:44]
     'keras_preact: process 1 of 2 was lost (kille'
 """
 
 import atexit
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -30,8 +36,11 @@ BEAT_SECONDS = 2.0
 SILENT_SECONDS = 20.0  # survivors stop within this after a peer's machine vanishes
 CONNECT_SECONDS = 300.0  # how long a process waits for the chief to listen
 PORT_OFFSET = 1  # the heartbeat's port: the coordinator's + 1
+HOLD_SECONDS = 0.5  # the training process's stderr is this late, so a lost peer's errors can be dropped
+DRAIN_SECONDS = 5.0  # after the training process's end, how long its last stderr may take to arrive
 
 _current = None
+_stderr = None  # the training process's own standard error, while the child relays it
 
 
 def message(index, count, event):
@@ -49,26 +58,36 @@ def message(index, count, event):
 
 def start(address, index, count):
     """Watches the other processes (`address`: the chief's "host:port" heartbeat address)."""
-    global _current
+    global _current, _stderr
     if _current is not None:
         return
-    child = subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__), address, str(index), str(count), str(os.getpid())],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    relay, relayed = os.pipe()
+    child = subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__), address, str(index), str(count), str(os.getpid()),
+                              str(relay)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, pass_fds=(relay,))
+    os.close(relay)
     problem = child.stdout.readline().strip()  # "listening" once the chief's port is bound
     if problem != "listening":
+        os.close(relayed)
         child.wait()
         raise RuntimeError(problem or "The heartbeat process ended at its start.")
+    sys.stderr.flush()
+    _stderr = os.dup(2)
+    os.dup2(relayed, 2)  # C++ writes to the descriptor too, so it is the descriptor that moves
+    os.close(relayed)
     atexit.register(_tell, child, "stopped")
     _current = child
 
 
 def finished():
     """The run ended well here: the peers stop watching this process, and it stops watching them."""
-    global _current
+    global _current, _stderr
     if _current is not None:
+        sys.stderr.flush()
+        os.dup2(_stderr, 2)  # the child relays what it holds, and exits at the pipe's end
+        os.close(_stderr)
         _tell(_current, "end")
         _current.wait()
-        _current = None
+        _current = _stderr = None
 
 
 def wait_for_verdict(seconds=5.0):
@@ -87,11 +106,50 @@ def _tell(child, word):
         pass  # already told, or already gone
 
 
+class _Relay:
+    """Copies the training process's standard error (the pipe `fd`) to this process's, each chunk
+    `HOLD_SECONDS` after it came, until the pipe ends or `drop()`."""
+
+    def __init__(self, fd):
+        self.chunks, self.dropped = queue.Queue(), False
+        self.reader = threading.Thread(target=self._read, args=(fd,), daemon=True)
+        self.writer = threading.Thread(target=self._write, daemon=True)
+        self.reader.start()
+        self.writer.start()
+
+    def _read(self, fd):
+        while chunk := os.read(fd, 65536):
+            self.chunks.put((time.monotonic() + HOLD_SECONDS, chunk))
+        self.chunks.put((0.0, b""))
+
+    def _write(self):
+        draining = False
+        while True:
+            due, chunk = self.chunks.get()
+            if not chunk:
+                return
+            if not draining:
+                time.sleep(max(0.0, due - time.monotonic()))
+            if self.dropped:
+                return
+            os.write(2, chunk)
+            draining = not self.reader.is_alive()  # the pipe ended: the rest at once
+
+    def drop(self):
+        self.dropped = True
+
+    def drain(self):
+        """Waits for the pipe's end (the training process's), at most `DRAIN_SECONDS`, and for what it held."""
+        self.reader.join(DRAIN_SECONDS)
+        self.chunks.put((0.0, b""))
+        self.writer.join(HOLD_SECONDS + 1.0)
+
+
 class _Heartbeat:
-    def __init__(self, address, index, count, parent):
+    def __init__(self, address, index, count, parent, relay):
         host, port = address.rsplit(":", 1)
         self.index, self.count, self.lock, self.peers, self.closed = index, count, threading.Lock(), {}, False
-        self.parent, self.server = parent, None
+        self.parent, self.server, self.relay = parent, None, relay
         if index == 0:
             try:
                 self.server = server = socket.create_server((host.strip("[]"), int(port)))
@@ -186,17 +244,18 @@ class _Heartbeat:
         for connection in others:  # the chief tells the others which process it was
             self._send(connection, f"{event if event != 'unreachable' else 'lost'} {peer}")
         self.closed = True
+        self.relay.drop()
         print(message(peer, self.count, event), file=sys.stderr, flush=True)
         os.kill(self.parent, signal.SIGKILL)  # no traceback: it may be inside a collective that never returns
         os._exit(1)
 
     def follow_parent(self):
         """Until the training process says how it ended ("end", "stopped"), or dies (end of input:
-        the connections close and the peers see it lost)."""
-        word = sys.stdin.readline().strip()
-        if word:
-            self.close(word)
+        the connections close and the peers see it lost); then relays the rest of its stderr."""
+        self.close(sys.stdin.readline().strip() or "lost")  # no word: it died
+        self.relay.drain()
 
 
 if __name__ == "__main__":
-    _Heartbeat(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])).follow_parent()
+    relay = _Relay(int(sys.argv[5]))
+    _Heartbeat(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), relay).follow_parent()
