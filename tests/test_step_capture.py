@@ -5,10 +5,13 @@ capture, and the replay path with a recording stand-in for the CUDA graph."""
 import contextlib
 import json
 import logging
+import os
 
 import keras
 import numpy as np
 import pytest
+
+from helpers import run_python
 
 from keras_preact import choices, training
 from keras_preact.training import runner, step_capture
@@ -17,6 +20,7 @@ from keras_preact.training.data import from_arrays
 from keras_preact.training.recipe import make_optimizer
 
 torch_only = pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch backend's step")
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def captured_lines(caplog):
@@ -181,3 +185,37 @@ def test_a_capture_that_fails_falls_back_with_its_first_line(caplog):
         "running the eager step"
     ]
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 14 and step.summary()["eager_steps"] == 14
+
+
+@torch_only
+def test_the_replayed_ddp_step_trains_as_its_eager_step():
+    """torch's DistributedDataParallel engine (one gloo process) with the recording stand-in: 11
+    warm-up steps, then replays; a partial batch between them runs eagerly."""
+    code = f"""
+import json, sys, keras, numpy as np, torch.distributed as dist
+sys.path.insert(0, {TESTS!r})
+from test_step_capture import RecordingGraphs, compiled_model
+from test_train import free_port
+from keras_preact.training import custom_loop, step_capture
+dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{{free_port()}}")
+rng = np.random.default_rng(2)
+batches = [(keras.ops.convert_to_tensor(rng.normal(size=(n, 32, 32, 3)).astype("float32")),
+            keras.ops.convert_to_tensor(rng.integers(0, 10, n))) for n in [8] * 14 + [3, 8]]
+def train(graphs):
+    model = compiled_model()
+    engine = custom_loop.TorchProcesses(model)
+    if graphs:
+        engine.step = step_capture.CapturedStep(engine._device_step, graphs(model), step_capture.DDP_WARMUP_STEPS, engine._all_agree)
+    sums = [engine.train_step(batch) for batch in batches]
+    return [keras.ops.convert_to_numpy(v) for v in [*model.variables, *model.optimizer.variables]], sums, engine.step.summary()
+weights, sums, _ = train(None)
+replayed_weights, replayed_sums, summary = train(RecordingGraphs)
+difference = max(float(np.max(np.abs(a - b))) for a, b in zip(weights, replayed_weights))
+print(json.dumps({{"difference": difference, "sums": np.max(np.abs(np.subtract(sums, replayed_sums))), "summary": summary}}))
+"""
+    seen = json.loads(run_python(code, backend="torch").stdout.strip().splitlines()[-1])
+    assert seen["summary"]["replayed_steps"] == 4 and seen["summary"]["eager_steps"] == 12, seen
+    assert seen["summary"]["fallbacks"] == [
+        "a batch of [3, 32, 32, 3] float32, [3] int64, not the captured [8, 32, 32, 3] float32, [8] int64"
+    ]
+    assert seen["difference"] < 1e-5 and seen["sums"] < 1e-4, seen
