@@ -153,7 +153,8 @@ def _captured_step(model):
 
     from keras_preact.training import step_capture
 
-    step = step_capture.CapturedStep(model.train_step, step_capture.graphs_for("cuda_graph" if torch.cuda.is_available() else "eager"))
+    mode = "cuda_graph" if torch.cuda.is_available() else "eager"
+    step = step_capture.CapturedStep(model.train_step, step_capture.graphs_for(mode))
     model.train_function = step.keras_train_function
     return step
 

@@ -32,7 +32,7 @@ class TorchProcesses:
         self.device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
         ids = [torch.cuda.current_device()] if self.device != "cpu" else None
         graphs = step_capture.graphs_for(step_mode)
-        # PyTorch's CUDA graphs notes: DDP built on a side stream before a full-backward capture.
+        # PyTorch's CUDA graphs notes: DDP built on a side stream (the capture's) before a full-backward capture.
         with graphs.side_stream() if graphs else contextlib.nullcontext():
             self.model, self.ddp = model, torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.loss = keras.losses.SparseCategoricalCrossentropy()  # the loss the run compiles

@@ -75,31 +75,32 @@ def graphs_for(mode):
 
 
 class CudaGraphs:
-    """Capture on the current CUDA device: warm-up steps on a side stream, the step recorded into a
-    `torch.cuda.CUDAGraph` (tests put a stand-in with the same three members in its place)."""
+    """Capture on the current CUDA device, all on one side stream: the warm-up steps (and the
+    DistributedDataParallel wrapper's construction) and the capture into a `torch.cuda.CUDAGraph`
+    (tests put a stand-in with the same three members in its place)."""
 
     def __init__(self):
         import torch
 
         self.torch = torch
         self.device = torch.device("cuda", torch.cuda.current_device())
+        self.stream = torch.cuda.Stream()
 
     @contextlib.contextmanager
     def side_stream(self):
         torch = self.torch
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
+        self.stream.wait_stream(torch.cuda.current_stream())
         try:
-            with torch.cuda.stream(stream):
+            with torch.cuda.stream(self.stream):
                 yield
         finally:
-            torch.cuda.current_stream().wait_stream(stream)
+            torch.cuda.current_stream().wait_stream(self.stream)
 
     def capture(self, run):
         """(replay, outputs): `run()` recorded, not run; `replay()` runs it and rewrites `outputs`."""
         graph = self.torch.cuda.CUDAGraph()
         # thread_local: CUDA calls of other threads (an input pipeline's) do not void the capture.
-        with self.torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with self.torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
             outputs = run()
         return graph.replay, outputs
 
