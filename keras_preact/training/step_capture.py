@@ -229,7 +229,7 @@ def _capture_safe_class():
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            if func in factories and not torch.is_tensor(args[0]) and not kwargs.get("requires_grad"):
+            if func in factories and args and not torch.is_tensor(args[0]) and not kwargs.get("requires_grad"):
                 dtype = args[1] if len(args) > 1 else kwargs.get("dtype")
                 device = args[2] if len(args) > 2 else kwargs.get("device")
                 if device is not None and torch.device(device).type == self.device_type:
