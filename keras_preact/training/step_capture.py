@@ -137,7 +137,7 @@ class CapturedStep:
             self.replayed += 1
             return self.outputs
         elif self.graphs is not None and self.warmed < self.warmup_steps:
-            return self._warm_up(batch)
+            return self._warm_up(batch, parts)
         elif self.graphs is not None:
             return self._capture(batch, parts)
         self.eager += 1
@@ -152,7 +152,14 @@ class CapturedStep:
                 "capture_seconds": None if self.capture_seconds is None else round(self.capture_seconds, 2),
                 "fallbacks": list(self.fallbacks)}
 
-    def _warm_up(self, batch):
+    def _on_device(self, batch, parts):
+        """The batch with its tensors copied to the device, before the audited step: a host batch
+        (tf.data's) is copied into the graph's inputs before each replay, not by the step."""
+        copies = [part.to(self.graphs.device, copy=True) if _is_tensor(part) else part for part in parts]
+        return keras.tree.pack_sequence_as(batch, copies), copies
+
+    def _warm_up(self, batch, parts):
+        batch, _ = self._on_device(batch, parts)
         safe = capture_safe(self.graphs.device)
         with self.graphs.side_stream(), safe:
             outputs = self.step(batch)
@@ -163,8 +170,7 @@ class CapturedStep:
 
     def _capture(self, batch, parts):
         started = time.perf_counter()
-        inputs = [part.to(self.graphs.device, copy=True) if _is_tensor(part) else part for part in parts]
-        static = keras.tree.pack_sequence_as(batch, inputs)
+        static, inputs = self._on_device(batch, parts)
         try:
             with capture_safe(self.graphs.device):
                 replay, outputs = self.graphs.capture(lambda: self.step(static))
