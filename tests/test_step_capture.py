@@ -149,12 +149,23 @@ def test_the_replayed_step_trains_as_the_eager_step(caplog):
 
 @torch_only
 @pytest.mark.parametrize("precision", ["none", "bfloat16"])
-def test_keras_step_with_the_recipe_reads_no_device_value_on_the_host(precision):
+def test_keras_step_with_the_recipe_reads_no_device_value_on_the_host(precision, monkeypatch):
     model = compiled_model(precision)
     batch = (keras.ops.zeros((8, 32, 32, 3)), keras.ops.zeros((8,), "int32"))
+    constants, original = [], step_capture.device_constant
+
+    def counted(data, dtype, device):
+        constants.append(data)
+        return original(data, dtype, device)
+
+    monkeypatch.setattr(step_capture, "device_constant", counted)
     with step_capture.capture_safe("cpu") as safe:
         model.train_step(batch)
     assert safe.host_reads == []
+    # Keras' Python-number constants (the schedule's rates, the loss's divisor, the metrics'
+    # counts, iterations + 1) were written by fill kernels, not copied from the host.
+    rate = 0.1 * 8 / choices.RECIPES["official"].batch_size  # the recipe rate at batch 8
+    assert rate in constants and (8,) in constants and len(constants) >= 5, constants
 
 
 @torch_only
