@@ -1,13 +1,15 @@
 """Training throughput and peak memory on a GPU: keras_preact on JAX or torch, or native PyTorch.
 
 Synthetic batches already on the device, mixed bfloat16, compiled steps (XLA on JAX; on torch
-Keras' eager by default, `--compile` for `torch.compile`); the native baseline in its variants,
+`--step`: Keras' eager step, the whole step as one CUDA graph as a run takes it with
+`step_capture="cuda_graph"`, or `torch.compile`); the native baseline in its variants,
 the step captured as one CUDA graph among them (`native_throughput`). keras_preact is timed through `fit` — the
 path a run takes — with no per-step callback, so Keras dispatches steps without waiting for the
 device. Needs no TensorFlow. `benchmarks/gpu.sh` runs it; it prints one JSON line per measurement.
 
     KERAS_BACKEND=jax python benchmarks/gpu.py --depth=164 --batch=128
     KERAS_BACKEND=torch python benchmarks/gpu.py --depth=1001 --batch=128 --remat
+    KERAS_BACKEND=torch python benchmarks/gpu.py --depth=164 --step=cuda_graph       # the captured step
     python benchmarks/gpu.py --impl=native --depth=164 --batch=128          # channels-last, bf16: eager and CUDA graph
 """
 
@@ -123,13 +125,14 @@ def keras_throughput(args):
             synchronize(self.model)
             self.seconds.append(time.perf_counter() - self.start)
 
-    if args.compile:
+    if args.step == "compile":
         static_shapes_for_torch_compile()
     start = time.perf_counter()
     model = PreActResNet(args.depth, block=default_block(args.depth), remat=args.remat, dtype=PRECISIONS[args.precision])
     build_seconds = time.perf_counter() - start
     model.compile(optimizer=TorchSGD(0.1, momentum=0.9, coupled_weight_decay=1e-4), loss="sparse_categorical_crossentropy",
                   jit_compile=args.compile)
+    step = _captured_step(model) if args.step == "cuda_graph" else None
     rng = np.random.default_rng(0)
     x = keras.ops.convert_to_tensor(rng.normal(size=(args.batch, 32, 32, 3)).astype("float32"))
     y = keras.ops.convert_to_tensor(rng.integers(0, 10, size=args.batch).astype("int32"))
@@ -139,7 +142,32 @@ def keras_throughput(args):
     seconds = statistics.median(timer.seconds[1:]) / args.steps
     return {"impl": f"keras_preact/{keras.backend.backend()}", "build_seconds": build_seconds,
             "first_epoch_seconds": timer.seconds[0], "step_ms": 1000 * seconds, "images_per_second": args.batch / seconds,
-            "peak_gib": peak_memory_gib(), "device": device_name(), "parameters": model.count_params()}
+            "peak_gib": peak_memory_gib(), "device": device_name(), "parameters": model.count_params(),
+            **({} if step is None else _capture_record(step))}
+
+
+def _captured_step(model):
+    """The step as a run with step_capture="cuda_graph" takes it (`training.step_capture`),
+    installed as the model's train_function; eager where there is no CUDA device."""
+    import torch
+
+    from keras_preact.training import step_capture
+
+    mode = "cuda_graph" if torch.cuda.is_available() else "eager"
+    step = step_capture.CapturedStep(model.train_step, step_capture.graphs_for(mode))
+    model.train_function = step.keras_train_function
+    return step
+
+
+def _capture_record(step):
+    summary = step.summary()
+    record = {"captured": summary["replayed_steps"] > 0, "capture_seconds": summary["capture_seconds"],
+              "replayed_steps": summary["replayed_steps"], "eager_steps": summary["eager_steps"]}
+    if summary["fallbacks"]:
+        record["note"] = "; ".join(summary["fallbacks"])
+    elif not record["captured"]:
+        record["note"] = "no CUDA device: ran eagerly"
+    return record
 
 
 def native_throughput(args):
@@ -236,13 +264,24 @@ def main():
     parser.add_argument("--remat", action="store_true", help="keras_preact only: recompute each unit in the backward pass")
     parser.add_argument("--precision", choices=["none", "bfloat16"], default="bfloat16")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="keras_preact: XLA on JAX, torch.compile on torch")
+                        help="keras_preact: XLA on JAX, torch.compile on torch (the default of --step)")
+    parser.add_argument("--step", choices=["eager", "cuda_graph", "compile"],
+                        help="keras_preact on torch: Keras' eager step, the whole step as one CUDA graph "
+                             "(training.step_capture), or torch.compile (default: compile with --compile, else eager)")
     args = parser.parse_args()
+    import keras
+
+    if args.step is not None and (args.impl != "keras" or keras.backend.backend() != "torch"):
+        parser.error("--step chooses keras_preact's torch step: give it with KERAS_BACKEND=torch and --impl=keras")
+    if keras.backend.backend() == "torch":
+        args.step = args.step or ("compile" if args.compile else "eager")
+        args.compile = args.step == "compile"
     config = {"depth": args.depth, "batch": args.batch, "precision": args.precision}
     if args.impl == "native":
         records = native_throughput(args)
     else:
-        records = [{"remat": args.remat, "compile": args.compile, **keras_throughput(args)}]
+        step = {"train_step": args.step} if args.step else {}
+        records = [{"remat": args.remat, "compile": args.compile, **step, **keras_throughput(args)}]
     for record in records:
         print(json.dumps({"kind": "throughput", **config, **record}), flush=True)
 

@@ -8,7 +8,8 @@
 # prove      a short `examples/cifar.py` run on JAX and on torch through the device input pipeline
 #            (bf16, to results.json and weights: no crash after the last step); ResNet-164 images/s
 #            at batch 128, bf16, of native PyTorch (eager and the whole step as one CUDA graph:
-#            the fair anchor), keras_preact on JAX and on torch, with their ratios to the best
+#            the fair anchor), keras_preact on JAX and on torch (eager, and the whole step captured
+#            as one CUDA graph as a run takes it), with their ratios to the best
 #            native variant; ResNet-1001 peak memory with and without remat.
 # reproduce  Table 4's ResNet-164 row: `examples/cifar.py` as a user runs it (device pipeline,
 #            bf16, the paper's recipe: 64k iterations at batch 128) on the full CIFAR-10; the
@@ -113,7 +114,9 @@ prove)
     train train_torch 120 torch "" ${PROVE_TRAIN:---depth=20 --epochs=2 --train_subset=10000}
     step native_r164 75 torch $python benchmarks/gpu.py --impl=native --native=eager,cuda_graph --depth=$r164 --batch=$batch $timing
     step jax_r164 100 jax $python benchmarks/gpu.py --depth=$r164 --batch=$batch $timing
-    step torch_r164 60 torch $python benchmarks/gpu.py --depth=$r164 --batch=$batch $timing --no-compile
+    step torch_r164 60 torch $python benchmarks/gpu.py --depth=$r164 --batch=$batch $timing --step=eager
+    # The whole step as one CUDA graph, as a run takes it (step_capture): its capture seconds beside its images/s.
+    step torch_r164_graph 60 torch $python benchmarks/gpu.py --depth=$r164 --batch=$batch $timing --step=cuda_graph
     step ratios 15 jax $python benchmarks/gpu_record.py --ratios="$results"
     # ResNet-1001: 333 units, so few timed steps; eager torch compiles nothing, so it fits.
     few="--steps=${R1001_STEPS:-3} --repeats=1"

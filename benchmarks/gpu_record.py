@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # What each line keeps of a run's results.json.
 RUN_KEYS = ("backend", "depth", "block", "epochs", "batch_size", "steps", "train_images", "input_pipeline",
-            "test_error", "train_images_per_second", "wall_seconds", "placement")
+            "test_error", "train_images_per_second", "wall_seconds", "placement", "train_step")
 
 
 def run_record(model_dir):

@@ -351,6 +351,18 @@ INPUT_PIPELINES = Choices(
 )
 
 
+# How the torch backend runs a training step (`training.step_capture`); JAX and TensorFlow compile
+# the whole step themselves (XLA, tf.function) and take "auto" alone.
+STEP_CAPTURES = Choices(
+    "step_capture",
+    {
+        "auto": "torch: cuda_graph on a CUDA device, eager elsewhere",
+        "cuda_graph": "torch: the whole step captured once as a CUDA graph and replayed (a CUDA device)",
+        "eager": "torch: Keras' step, op by op",
+    },
+)
+
+
 def shortcut_options(shortcut, given):
     """Every shortcut option for `shortcut`: the given value or the variant's default where the
     variant has the option, None elsewhere. An option given to a variant without it is an error."""

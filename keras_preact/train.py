@@ -49,6 +49,8 @@ RUN_CONFIG_HELP = {
     "normalization": "per-channel [mean, std] of 0-255 pixels as JSON, e.g. '[[125.3, 123, 113.9], [63, 62.1, 66.7]]' "
                      "(default: the dataset's; dataset=folder: computed from the training images)",
     "classes": "the number of classes (default: the dataset's; dataset=folder: its class folders)",
+    "step_capture": "torch: the whole training step as one CUDA graph (cuda_graph, a CUDA device), Keras' eager "
+                    "step (eager), or auto: cuda_graph on CUDA, eager elsewhere; JAX and TensorFlow take auto",
     "model_options": 'further PreActResNet arguments as a JSON object, e.g. \'{"unit": "original", "remat": true}\' '
                      "(default: none)",
 }
@@ -62,6 +64,7 @@ RUN_CONFIG_CHOICES = {
     "mixed_precision": choices.PRECISIONS,
     "batch_norm": choices.BATCH_NORMS,
     "input_pipeline": choices.INPUT_PIPELINES,
+    "step_capture": choices.STEP_CAPTURES,
 }
 
 def _json(kind, example):

@@ -27,6 +27,7 @@ FULL_SUITE = (
     "test_train.py::test_a_resumed_run_that_reads_ahead_finishes",
     "test_train.py::test_multi_replica_on_two_logical_cpus",
     "test_train.py::test_user_callbacks_on_the_custom_loop",
+    "test_step_capture.py::test_the_replayed_ddp_step_trains_as_its_eager_step",
     "test_device_data.py::test_a_run_resumes_only_on_its_own_pipeline",
     "test_folders.py::test_the_imagenet_recipe_trains_a_resnet50_on_small_crops",
     "test_models.py::test_resnet1001_builds_with_default_recursion_limit",

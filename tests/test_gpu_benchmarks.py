@@ -82,9 +82,21 @@ def test_a_failed_or_skipped_step_is_a_json_line_and_the_rest_go_on(tmp_path):
     assert [line["step"] for line in lines[1:]] == ["native_r164", "native_r164"] and "error" not in lines[1]
     done, lines, _, _ = dry_run(tmp_path, "prove", BUDGET_S="10")
     assert done.returncode == 0
-    assert [line["step"] for line in lines] == ["train_jax", "train_torch", "native_r164", "jax_r164", "torch_r164", "ratios",
-                                                "torch_r1001", "torch_r1001_remat", "jax_r1001_remat"]
+    assert [line["step"] for line in lines] == ["train_jax", "train_torch", "native_r164", "jax_r164", "torch_r164",
+                                                "torch_r164_graph", "ratios", "torch_r1001", "torch_r1001_remat", "jax_r1001_remat"]
     assert all(line["error"].startswith("skipped: ") for line in lines)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="keras_preact's torch step")
+def test_the_captured_torch_step_is_timed_and_says_when_it_ran_eagerly():
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "gpu.py"), "--depth=11", "--batch=10", "--steps=5",
+               "--repeats=1", "--step=cuda_graph"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [record] = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert record["impl"] == "keras_preact/torch" and record["train_step"] == "cuda_graph" and record["compile"] is False
+    assert record["captured"] is False and record["note"] == "no CUDA device: ran eagerly"
+    assert record["replayed_steps"] == 0 and record["eager_steps"] == 10 and record["capture_seconds"] is None
 
 
 def test_an_unknown_mode_is_refused(tmp_path):

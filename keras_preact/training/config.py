@@ -63,6 +63,11 @@ class RunConfig:
         normalization: per-channel `[mean, std]` (three numbers each, on 0-255 pixels); None: the
             dataset's constants, or for `"folder"` computed from the training images.
         classes: None: the dataset's, or for `"folder"` its number of class folders.
+        step_capture: how the torch backend runs a training step: `"auto"` (one CUDA graph on a
+            CUDA device, Keras' eager step elsewhere), `"cuda_graph"` or `"eager"`
+            (`keras_preact.choices.STEP_CAPTURES`, `training.step_capture`); JAX and TensorFlow
+            compile the step themselves and take "auto". It changes no result: a run resumes
+            with another value, and results.json records the step that ran (`train_step`).
         A `"folder"` run records the classes and normalisation it used in `config.json`.
     """
 
@@ -89,6 +94,7 @@ class RunConfig:
     image_size: int = None
     normalization: list = None
     classes: int = None
+    step_capture: str = "auto"
 
     def resolved(self):
         """This configuration with every default filled in, as a `ResolvedRunConfig`, or a
@@ -116,6 +122,7 @@ class RunConfig:
         choices.BATCH_NORMS.check(self.batch_norm)
         choices.check_count("seed", self.seed, minimum=0, maximum=2**32 - 1)  # the seeds Keras takes
         choices.INPUT_PIPELINES.check(self.input_pipeline)
+        choices.STEP_CAPTURES.check(self.step_capture)
         resolved = ResolvedRunConfig(**{
             **{field.name: getattr(self, field.name) for field in dataclasses.fields(RunConfig)},
             **settings,

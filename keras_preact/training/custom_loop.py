@@ -12,21 +12,31 @@ loss and accuracy of the global batch, the same callbacks (checkpoints, history.
 NaN stop, progress bar), and an evaluation after every epoch.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 
+from keras_preact.training import step_capture
+
 
 class TorchProcesses:
-    """One step of a torch.distributed process: DDP forward and backward, the Keras optimizer."""
+    """One step of a torch.distributed process: DDP forward and backward, the Keras optimizer;
+    run as `step_mode` says (`step_capture.resolve`): with "cuda_graph", the step and its
+    gradient all-reduce are replayed as one CUDA graph (NCCL collectives are captured)."""
 
-    def __init__(self, model):
+    def __init__(self, model, step_mode="eager"):
         import torch
 
         self.torch = torch
         self.device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
         ids = [torch.cuda.current_device()] if self.device != "cpu" else None
-        self.model, self.ddp = model, torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        graphs = step_capture.graphs_for(step_mode)
+        # PyTorch's CUDA graphs notes: DDP built on a side stream (the capture's) before a full-backward capture.
+        with graphs.side_stream() if graphs else contextlib.nullcontext():
+            self.model, self.ddp = model, torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.loss = keras.losses.SparseCategoricalCrossentropy()  # the loss the run compiles
+        self.step = step_capture.CapturedStep(self._device_step, graphs, step_capture.DDP_WARMUP_STEPS, self._all_agree)
 
     def batches(self, dataset):
         for batch in dataset:  # tf.data's host tensors, or the device pipeline's torch tensors
@@ -34,13 +44,19 @@ class TorchProcesses:
                         for part in batch)
 
     def _sums(self, values):
+        return self._summed(self.torch.tensor(values, dtype=self.torch.float64, device=self.device))
+
+    def _summed(self, tensor):
         import torch.distributed as dist
 
-        tensor = self.torch.tensor(values, dtype=self.torch.float64, device=self.device)
         dist.all_reduce(tensor)
         return tensor.tolist()
 
-    def train_step(self, batch):
+    def _all_agree(self, ok):
+        return self._sums([float(not ok)])[0] == 0
+
+    def _device_step(self, batch):
+        """The step on the device, capturable: the batch's loss sum and correct count as a tensor."""
         x, y = batch
         trainable = self.model.trainable_variables
         for variable in trainable:
@@ -49,7 +65,12 @@ class TorchProcesses:
         loss = self.loss(y, logits)
         self.model.optimizer.scale_loss(loss).backward()  # DDP averages the gradients here
         self.model.optimizer.apply([variable.value.grad for variable in trainable], trainable)
-        return self._sums([float(loss.detach()) * len(y), float((logits.argmax(-1) == y).sum()), len(y)])
+        sums = [loss.detach().to(self.torch.float64) * len(y), (logits.argmax(-1) == y).sum().to(self.torch.float64)]
+        return self.torch.stack(sums)
+
+    def train_step(self, batch):
+        count = self.torch.full((1,), len(batch[1]), dtype=self.torch.float64, device=self.device)
+        return self._summed(self.torch.cat([self.step(batch), count]))  # a copy: the graph's output stays its own
 
     def test_step(self, batch):
         x, y = batch

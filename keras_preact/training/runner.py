@@ -25,7 +25,7 @@ from keras_preact import choices, runtime
 from keras_preact.model.builders import load_weights
 from keras_preact.serving.layout import check_export_dir, next_version
 from keras_preact.serving.saved_model import export_saved_model
-from keras_preact.training import custom_loop, distribute, folders, pipelines
+from keras_preact.training import custom_loop, distribute, folders, pipelines, step_capture
 from keras_preact.training.callbacks import Checkpoint, StopOnNaN, Throughput
 from keras_preact.training.config import RunConfig, build_model, write_json
 from keras_preact.training.recipe import make_optimizer, warmup_steps
@@ -58,7 +58,8 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1, c
         # Every process starts where the chief does, with its weights (a worker may have no model_dir).
         first_epoch = distribute.agree_on_start(prepared.placement, model, first_epoch)
         _record_start(prepared, first_epoch)
-        engine = _custom_loop_engine(model, prepared.placement, prepared.plan.batch_size)
+        engine = _custom_loop_engine(model, prepared.placement, prepared.plan.batch_size, prepared.step)
+        step = _train_step(model, engine, prepared.step)
         test_data = _test_batches(prepared)
         rate = train(model, engine, prepared, first_epoch, test_data, folder)
         accuracy = evaluate(model, engine, test_data)
@@ -67,13 +68,15 @@ def run(config, train_split=None, test_split=None, export_dir=None, verbose=1, c
     distribute.finished()  # a process ending now is not lost to its peers' heartbeat
     if not prepared.placement.is_chief:
         return None
-    return report(prepared, model, first_epoch, {"accuracy": accuracy, "rate": rate, "started": started}, exported)
+    measured = {"accuracy": accuracy, "rate": rate, "started": started, "step": step}
+    return report(prepared, model, first_epoch, measured, exported)
 
 
 @dataclasses.dataclass(frozen=True)
 class PreparedRun:
     """What the stages of a run share: its resolved configuration (the pipeline that runs named),
-    where it runs, its data and the plan of its batches."""
+    where it runs, its data, the plan of its batches, and how a torch step runs (`step`:
+    `step_capture.resolve`'s mode, None on the other backends)."""
 
     config: RunConfig
     placement: distribute.Placement
@@ -84,6 +87,7 @@ class PreparedRun:
     class_names: list
     callbacks: list
     verbose: int
+    step: str
 
     @property
     def info(self):
@@ -99,6 +103,7 @@ def prepare(config, train_split, test_split, export_dir, callbacks, verbose):
     # "auto" resolved before the run is claimed: config.json names the pipeline that ran, and a
     # resume on another one (other random draws) is refused.
     config = config.completed(input_pipeline=pipelines.resolve(config.input_pipeline))
+    step = step_capture.resolve(config.step_capture)
     # First, before TensorFlow runs any op: multi-worker collectives are configured at start-up.
     placement = distribute.place(config.strategy)
     _check_model_dir(config)
@@ -120,7 +125,7 @@ def prepare(config, train_split, test_split, export_dir, callbacks, verbose):
         config.batch_size, placement.description,
     )
     class_names = _class_names(config, train_split, test_split)
-    return PreparedRun(config, placement, pipeline, train_split, test_split, plan, class_names, callbacks, verbose)
+    return PreparedRun(config, placement, pipeline, train_split, test_split, plan, class_names, callbacks, verbose, step)
 
 
 def _check_environment(export_dir):
@@ -227,6 +232,7 @@ def report(prepared, model, first_epoch, measured, exported):
         "model_options": config.model_options,
         "class_names": prepared.class_names,
         "machine": runtime.describe(),
+        **({"train_step": measured["step"].summary()} if measured["step"] else {}),
         **({"export": exported} if exported else {}),
     }
     write_json(os.path.join(config.model_dir, "results.json"), results)
@@ -266,13 +272,25 @@ def _compiled_model(prepared):
     return model
 
 
-def _custom_loop_engine(model, placement, global_batch):
+def _custom_loop_engine(model, placement, global_batch, step_mode):
     """The step of `training.custom_loop` where Keras' fit cannot train (None elsewhere)."""
     if not placement.custom_loop:
         return None
     if placement.strategy is not None:
         return custom_loop.TensorFlowWorkers(model, placement.strategy, global_batch)
-    return custom_loop.TorchProcesses(model)
+    return custom_loop.TorchProcesses(model, step_mode)
+
+
+def _train_step(model, engine, step_mode):
+    """The torch training step as `step_mode` runs it (a `step_capture.CapturedStep`; fit's is
+    installed as the model's train_function); None on the other backends."""
+    if step_mode is None:
+        return None
+    if engine is not None:
+        return engine.step
+    step = step_capture.CapturedStep(model.train_step, step_capture.graphs_for(step_mode))
+    model.train_function = step.keras_train_function  # Keras' torch fit keeps a train_function it finds
+    return step
 
 
 def train(model, engine, prepared, first_epoch, test_data, folder):
@@ -331,11 +349,12 @@ def _check_model_dir(config):
         if previous["input_pipeline"] == "auto":  # written before the pipeline was recorded
             previous["input_pipeline"] = pipelines.resolve("auto")
         now = config.to_dict()
-        # Where the folder is, or how its data folder is spelled, does not make it another run.
+        # Where the folder is, how its data folder is spelled, or how the step runs (the same
+        # arithmetic) does not make it another run.
         for values in (previous, now):
             values["data_dir"] = values["data_dir"] and os.path.realpath(values["data_dir"])
         # What the data fills in (a folder's classes and normalisation) is compared once it has.
-        differences = [key for key in now if key != "model_dir" and previous[key] != now[key]
+        differences = [key for key in now if key not in ("model_dir", "step_capture") and previous[key] != now[key]
                        and not (key in folders.FROM_DATA and now[key] is None)]
         if differences:
             raise ValueError(
