@@ -10,6 +10,7 @@ random moments, killing either process, with and without shared storage.
 """
 
 import os
+import re
 import subprocess
 import time
 
@@ -75,6 +76,7 @@ def kill_and_resume(root, whole, victim, shared, delay=0.0):
     else:
         assert f"process {victim} of 2 was lost" in text and "Run the same command again" in text, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
+    assert not re.search(r"^[FEW]\d{4} \d", text, re.MULTILINE), text[-3000:]  # no C++ error or FATAL log line
 
     resumed = finish(root, shared)
     assert "Resuming from" in output(root, "chief")
