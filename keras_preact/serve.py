@@ -13,7 +13,7 @@ import socket
 import sys
 
 from keras_preact import choices, command_line, runtime
-from keras_preact.serving.rest import MAX_BATCH
+from keras_preact.serving.rest import MAX_BATCH, MAX_SECONDS
 from keras_preact.serving.versions import VersionPolicy
 
 
@@ -25,16 +25,15 @@ def _parser():
     parser.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default (1-65535)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--max_batch", type=int, default=256, help=f"most images per request (at most {MAX_BATCH}); sets the body limit")
-    parser.add_argument(
-        "--read_timeout", type=float, default=30.0, help="seconds a request's headers, and then its body, may take to arrive"
-    )
+    parser.add_argument("--read_timeout", type=float, default=30.0,
+                        help=f"seconds a request's headers, and then its body, may take to arrive (0.001 to {MAX_SECONDS})")
     parser.add_argument(
         "--version_labels", default="", help="LABEL=VERSION,... : also serve these versions at /labels/LABEL"
     )
     parser.add_argument("--version_policy", default="latest:1",
                         help="the versions served: latest:N (the N highest), all, or specific:V1,V2 (TF Serving's policies)")
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
-                        help="seconds between looks at --export_dir for new versions (0: only at start)")
+                        help=f"seconds between looks at --export_dir for new versions (0: only at start; at most {MAX_SECONDS})")
     parser.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json (default: off)")
     parser.add_argument("--verbosity", choices=command_line.VERBOSITIES, default="info",
                         help="the least severe log lines shown (info: one line a request); TensorFlow's C++ log "
@@ -61,8 +60,8 @@ def _check(args):
     choices.check_count("--max_batch", args.max_batch, maximum=MAX_BATCH)
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be from 1 to 65535, got {args.port}.")
-    choices.check_number("--read_timeout", args.read_timeout, low=0.001)
-    choices.check_number("--file_system_poll_wait_seconds", args.file_system_poll_wait_seconds, low=0)
+    choices.check_number("--read_timeout", args.read_timeout, low=0.001, high=MAX_SECONDS)
+    choices.check_number("--file_system_poll_wait_seconds", args.file_system_poll_wait_seconds, low=0, high=MAX_SECONDS)
     VersionPolicy.parse(args.version_policy)
     return _labels(args.version_labels)
 

@@ -554,6 +554,10 @@ def test_every_flag_is_checked_at_start(server, tmp_path, capsys):
         (["--version_policy=newest"], export_dir, "version_policy must be latest:N, all or specific:V1,V2,...; got 'newest'"),
         (["--version_policy=specific:7"], export_dir, "has none of the versions 7 that version_policy names"),
         (["--file_system_poll_wait_seconds=-1"], export_dir, "--file_system_poll_wait_seconds must be in [0"),
+        (["--read_timeout=1e300"], export_dir, "--read_timeout must be in [0.001, 86400], got 1e+300"),
+        (["--file_system_poll_wait_seconds=inf"], export_dir,
+         "--file_system_poll_wait_seconds must be a finite number, got inf (valid: [0, 86400])"),
+        (["--file_system_poll_wait_seconds=1e10"], export_dir, "--file_system_poll_wait_seconds must be in [0, 86400]"),
     ]
     for flags, where, message in cases:
         if "--port" not in " ".join(flags):
