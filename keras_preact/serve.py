@@ -74,8 +74,17 @@ def _bind(host, port):
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
     except OSError as error:
-        raise OSError(f"Cannot listen on {host}:{port}: {error.strerror or error}.") from None
+        raise OSError(f"Cannot listen on {address(host, port)}: {error.strerror or error}.") from None
     return listener
+
+
+def address(host, port):
+    """`host:port` as a URL writes it: an IPv6 host in brackets.
+
+    >>> address("::1", 8501), address("localhost", 8501)
+    ('[::1]:8501', 'localhost:8501')
+    """
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _protocol(timeout):
@@ -142,9 +151,9 @@ def main(argv=None):
         parser.exit(1, f"error: {problem}\n")
     servable = app.state.servable
     log.info(
-        "Serving %s version(s) %s%s as %r on http://%s:%d (at most %d images, %s bytes a request; policy %s, "
+        "Serving %s version(s) %s%s as %r on http://%s (at most %d images, %s bytes a request; policy %s, "
         "polled every %g s)", args.export_dir, ", ".join(map(str, servable.available())),
-        "".join(f", {k}={v}" for k, v in labels.items()), args.model_name, args.host, args.port, args.max_batch,
+        "".join(f", {k}={v}" for k, v in labels.items()), args.model_name, address(args.host, args.port), args.max_batch,
         f"{app.state.body_limit:,}", args.version_policy, args.file_system_poll_wait_seconds,
     )
     config = uvicorn.Config(app, http=_protocol(args.read_timeout), log_level="warning", access_log=False)

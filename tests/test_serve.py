@@ -802,3 +802,19 @@ def test_a_version_that_fails_to_load_keeps_the_served_one_and_is_retried_once_i
     shutil.rmtree(tmp_path / "2")
     servable._sync()
     assert servable.available() == [1]
+
+
+def test_the_logged_url_brackets_an_ipv6_host(server, monkeypatch, caplog):
+    import uvicorn
+
+    from keras_preact import command_line, runtime, serve
+
+    # main() up to uvicorn, in this process: no socket, no change to this process's logging or allocator.
+    monkeypatch.setattr(serve, "_bind", lambda host, port: socket.socket())
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: sockets[0].close())
+    monkeypatch.setattr(command_line, "set_log_levels", lambda *args: None)
+    monkeypatch.setattr(runtime, "return_freed_memory", lambda: None)
+    with caplog.at_level(logging.INFO, logger="keras_preact.serve"):
+        serve.main(["--model_name=m", f"--export_dir={os.path.dirname(server['log'])}", "--host=::1", "--port=8501"])
+    assert any(" on http://[::1]:8501 (" in record.getMessage() for record in caplog.records), caplog.text
+    assert serve.address("127.0.0.1", 8501) == "127.0.0.1:8501"
