@@ -13,6 +13,7 @@ import socket
 import sys
 
 from keras_preact import choices, command_line, runtime
+from keras_preact.serving.layout import parse_version
 from keras_preact.serving.rest import MAX_BATCH, MAX_SECONDS
 from keras_preact.serving.versions import VersionPolicy
 
@@ -45,11 +46,11 @@ def _labels(text):
     labels = {}
     for item in filter(None, text.split(",")):
         label, _, version = item.partition("=")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", label) or not re.fullmatch(r"[1-9][0-9]*", version):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", label) or not parse_version(version):  # 1 to int64's largest
             raise ValueError(f"--version_labels takes LABEL=VERSION pairs such as stable=1,canary=2; got {item!r}.")
         if label in labels:
             raise ValueError(f"--version_labels names {label!r} twice.")
-        labels[label] = int(version)
+        labels[label] = parse_version(version)
     return labels
 
 

@@ -558,6 +558,7 @@ def test_every_flag_is_checked_at_start(server, tmp_path, capsys):
         (["--file_system_poll_wait_seconds=inf"], export_dir,
          "--file_system_poll_wait_seconds must be a finite number, got inf (valid: [0, 86400])"),
         (["--file_system_poll_wait_seconds=1e10"], export_dir, "--file_system_poll_wait_seconds must be in [0, 86400]"),
+        (["--version_policy=specific:99999999999999999999"], export_dir, "names a version above 9223372036854775807"),
     ]
     for flags, where, message in cases:
         if "--port" not in " ".join(flags):
@@ -802,6 +803,19 @@ def test_a_version_that_fails_to_load_keeps_the_served_one_and_is_retried_once_i
     shutil.rmtree(tmp_path / "2")
     servable._sync()
     assert servable.available() == [1]
+
+
+def test_one_bound_for_versions_wherever_they_come_from():
+    from keras_preact.serving.layout import MAX_VERSION, check_version, parse_version
+    from keras_preact.serving.versions import VersionPolicy
+
+    assert VersionPolicy.parse(f"specific:{MAX_VERSION},007,7").numbers == (7, MAX_VERSION)  # 19 digits
+    assert parse_version(str(MAX_VERSION)) == check_version("version", MAX_VERSION) == MAX_VERSION
+    with pytest.raises(ValueError, match=f"names a version above {MAX_VERSION}, the largest TF Serving reads"):
+        VersionPolicy.parse(f"specific:1,{MAX_VERSION + 1}")
+    with pytest.raises(ValueError, match=f"is above {MAX_VERSION}"):
+        check_version("version", MAX_VERSION + 1)
+    assert parse_version(str(MAX_VERSION + 1)) is None
 
 
 def test_the_logged_url_brackets_an_ipv6_host(server, monkeypatch, caplog):

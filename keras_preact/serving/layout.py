@@ -39,13 +39,38 @@ def check_export_dir(export_dir):
         raise PermissionError(f"export_dir {export_dir!r}: no folder can be created in {existing!r} ({error.strerror}).") from None
 
 
+def is_version(number):
+    """Whether the int `number` is a version TF Serving reads (an int64 of at least 0): the one
+    bound of versions, wherever they come from."""
+    return 0 <= number <= MAX_VERSION
+
+
 def check_version(argument, version):
-    """`version` as an int if it is a version TF Serving can read (1 to int64's largest); a
+    """`version` as an int if it is a version an export may write (1 to int64's largest); a
     ValueError naming `argument` otherwise."""
     version = choices.check_count(argument, version)
-    if version > MAX_VERSION:
+    if not is_version(version):
         raise ValueError(f"{argument}={version} is above {MAX_VERSION}, the largest version TF Serving reads (int64).")
     return version
+
+
+def parse_version(text):
+    """The version that `text` names as TF Serving parses it (decimal digits as an int64, leading
+    zeros allowed: "007" is 7), or None where it names none.
+
+    >>> parse_version("007"), parse_version("9" * 5000), parse_version("-1"), parse_version("٣")
+    (7, None, None, None)
+    """
+    if not re.fullmatch(r"[0-9]+", text):  # not int()'s syntax: no signs, underscores or other scripts' digits
+        return None
+    digits = text.lstrip("0") or "0"
+    # Counted before int(): Python refuses thousands of digits, and no such number is a version.
+    return int(digits) if len(digits) <= len(str(MAX_VERSION)) and is_version(int(digits)) else None
+
+
+def shown(text, at_most=40):
+    """`text`, shortened to `at_most` characters where it is longer (a path part in a message)."""
+    return text if len(text) <= at_most else f"{text[:at_most // 2]}...({len(text)} characters)"
 
 
 def versions(export_dir):

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from keras_preact.serving.layout import VERSION, servable_versions
+from keras_preact.serving.layout import MAX_VERSION, VERSION, parse_version, servable_versions, shown
 
 log = logging.getLogger("keras_preact.serve")
 STATES = ("LOADING", "AVAILABLE", "UNLOADING", "END")
@@ -46,8 +46,13 @@ class VersionPolicy:
             return cls("all")
         if kind == "latest" and re.fullmatch(r"[1-9][0-9]{0,5}", arguments or "1"):
             return cls("latest", int(arguments or "1"))
-        if kind == "specific" and re.fullmatch(r"[0-9]{1,18}(,[0-9]{1,18})*", arguments):
-            return cls("specific", numbers=tuple(sorted({int(n) for n in arguments.split(",")})))
+        if kind == "specific" and re.fullmatch(r"[0-9]+(,[0-9]+)*", arguments):
+            numbers = [parse_version(n) for n in arguments.split(",")]
+            if None in numbers:
+                raise ValueError(
+                    f"version_policy {shown(text)!r} names a version above {MAX_VERSION}, the largest TF Serving reads (int64)."
+                )
+            return cls("specific", numbers=tuple(sorted(set(numbers))))
         raise ValueError(f"version_policy must be latest:N, all or specific:V1,V2,...; got {text!r}.")
 
     def chosen(self, complete):
@@ -239,8 +244,7 @@ class Servable:
         # Compared as text: a number of thousands of digits is no version, not an error of int().
         if not VERSION.fullmatch(version) or version not in {str(n) for n in available}:
             served = ", ".join(map(str, sorted(available)))
-            shown = version if len(version) <= 40 else f"{version[:20]}...({len(version)} characters)"
-            raise RequestError(404, f"Servable not found for request: Specific({name}, {shown}); served versions: {served}.")
+            raise RequestError(404, f"Servable not found for request: Specific({name}, {shown(version)}); served versions: {served}.")
         return self.versions[int(version)]
 
     def status(self, number=None):
