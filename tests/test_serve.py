@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import keras
@@ -803,6 +804,16 @@ def test_a_version_that_fails_to_load_keeps_the_served_one_and_is_retried_once_i
     shutil.rmtree(tmp_path / "2")
     servable._sync()
     assert servable.available() == [1]
+
+
+def test_versions_are_parsed_as_int64_with_leading_zeros(server):
+    for path in ("/versions/002", f"/versions/{'0' * 5000}2"):
+        assert call(server, f"/v1/models/{MODEL}{path}")[1]["model_version_status"][0]["version"] == "2"
+    status, answer = call(server, f"/v1/models/{MODEL}/versions/0001:predict", {"instances": images(1, 3).tolist()})
+    assert status == 200
+    np.testing.assert_allclose([p["probabilities"] for p in answer["predictions"]], expected(server, images(1, 3), 1), atol=1e-5)
+    for version in ("+2", "2.0", "٢", str(2**63 + 2)):  # not an int64 in decimal digits
+        assert call(server, f"/v1/models/{MODEL}/versions/{urllib.parse.quote(version)}")[0] == 404, version
 
 
 def test_one_bound_for_versions_wherever_they_come_from():

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from keras_preact.serving.layout import MAX_VERSION, VERSION, parse_version, servable_versions, shown
+from keras_preact.serving.layout import MAX_VERSION, parse_version, servable_versions, shown
 
 log = logging.getLogger("keras_preact.serve")
 STATES = ("LOADING", "AVAILABLE", "UNLOADING", "END")
@@ -241,11 +241,10 @@ class Servable:
             if not available:
                 raise RequestError(404, f"Servable not found for request: Latest({name}); no version is available now.")
             return self.versions[max(available)]
-        # Compared as text: a number of thousands of digits is no version, not an error of int().
-        if not VERSION.fullmatch(version) or version not in {str(n) for n in available}:
+        if parse_version(version) not in available:  # "007" is 7, as TF Serving parses it
             served = ", ".join(map(str, sorted(available)))
             raise RequestError(404, f"Servable not found for request: Specific({name}, {shown(version)}); served versions: {served}.")
-        return self.versions[int(version)]
+        return self.versions[parse_version(version)]
 
     def status(self, number=None):
         """TF Serving's model_version_status list: every version seen, highest first (or `number`'s)."""
