@@ -806,6 +806,32 @@ def test_a_version_that_fails_to_load_keeps_the_served_one_and_is_retried_once_i
     assert servable.available() == [1]
 
 
+def test_status_lists_every_version_when_none_is_available(tmp_path):
+    """Version 1 removed and version 2 failing to load: the model is still known, so its status is
+    200 with each version's state (TF Serving's answer); 404 is for another model's name."""
+    from keras_preact.serving import rest
+
+    keras_preact.export_saved_model(keras_preact.PreActResNet(8, block="basic"), str(tmp_path), version=1)
+    app = rest.create_app(str(tmp_path), MODEL)
+    with local_server(app) as local:
+        os.mkdir(tmp_path / "2")
+        shutil.copy(tmp_path / "1" / "saved_model.pb", tmp_path / "2")  # no variables: fails to load
+        shutil.rmtree(tmp_path / "1")
+        app.state.servable._sync()
+        status, answer = call(local, f"/v1/models/{MODEL}")
+        assert status == 200, answer
+        assert [(s["version"], s["state"], s["status"]["error_code"]) for s in answer["model_version_status"]] == [
+            ("2", "END", "UNKNOWN"), ("1", "END", "OK")]
+        assert "cannot be loaded as a SavedModel" in answer["model_version_status"][0]["status"]["error_message"]
+        status, answer = call(local, f"/v1/models/{MODEL}/versions/2")
+        assert status == 200 and [s["version"] for s in answer["model_version_status"]] == ["2"]
+        assert call(local, f"/v1/models/{MODEL}/versions/3") == (
+            404, {"error": f"Servable not found for request: Specific({MODEL}, 3); served versions: none."})
+        assert call(local, "/v1/models/other")[0] == 404
+        status, answer = call(local, f"/v1/models/{MODEL}:predict", {"instances": PIXELS_OK})
+        assert status == 404 and "no version is available now" in answer["error"]
+
+
 def test_versions_are_parsed_as_int64_with_leading_zeros(server):
     for path in ("/versions/002", f"/versions/{'0' * 5000}2"):
         assert call(server, f"/v1/models/{MODEL}{path}")[1]["model_version_status"][0]["version"] == "2"

@@ -325,9 +325,7 @@ def _versions_by_state(servable):
 
 
 async def handle_status(server, request, route):
-    with server.servable.use(server.model_name, *route.group("name", "version", "label")) as version:
-        explicit = route.group("version") is not None or route.group("label") is not None
-        return {"model_version_status": server.servable.status(version.number if explicit else None)}
+    return {"model_version_status": server.servable.status_of(server.model_name, *route.group("name", "version", "label"))}
 
 
 async def handle_metadata(server, request, route):

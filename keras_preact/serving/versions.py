@@ -229,22 +229,38 @@ class Servable:
                 self._finish_unloads()
 
     def _resolve(self, model_name, name, version, label):
-        if name != model_name:
-            raise RequestError(404, f"Servable not found for request: Latest({name}); this server serves {model_name!r}.")
+        _check_name(model_name, name)
         available = [n for n, (state, _) in self.states.items() if state == "AVAILABLE"]
-        if label is not None:
-            if label not in self.labels:
-                known = ", ".join(map(repr, self.labels)) or "none (start the server with --version_labels)"
-                raise RequestError(404, f"Unrecognized servable version label: {label}. Labels: {known}.")
-            version = str(self.labels[label])
+        version = self._labelled(version, label)
         if version is None:
             if not available:
                 raise RequestError(404, f"Servable not found for request: Latest({name}); no version is available now.")
             return self.versions[max(available)]
-        if parse_version(version) not in available:  # "007" is 7, as TF Serving parses it
-            served = ", ".join(map(str, sorted(available)))
-            raise RequestError(404, f"Servable not found for request: Specific({name}, {shown(version)}); served versions: {served}.")
+        if parse_version(version) not in available:
+            raise _no_version(name, version, available)
         return self.versions[parse_version(version)]
+
+    def _labelled(self, version, label):
+        """The version text a path names: its /versions/N, or the version of its /labels/L."""
+        if label is None:
+            return version
+        if label not in self.labels:
+            known = ", ".join(map(repr, self.labels)) or "none (start the server with --version_labels)"
+            raise RequestError(404, f"Unrecognized servable version label: {label}. Labels: {known}.")
+        return str(self.labels[label])
+
+    def status_of(self, model_name, name, version, label):
+        """TF Serving's model_version_status for a status path: every version seen, in whatever
+        state (none AVAILABLE is no error), or the one its version or label names; a RequestError
+        (404) for another model's name or a version never seen."""
+        with self._changed:
+            _check_name(model_name, name)
+            if version is None and label is None:
+                return self.status()
+            version = self._labelled(version, label)
+            if parse_version(version) not in self.states:
+                raise _no_version(name, version, self.available())
+            return self.status(parse_version(version))
 
     def status(self, number=None):
         """TF Serving's model_version_status list: every version seen, highest first (or `number`'s)."""
@@ -255,6 +271,17 @@ class Servable:
             for n, (state, message) in states
             if number is None or n == number
         ]
+
+
+def _check_name(model_name, name):
+    if name != model_name:
+        raise RequestError(404, f"Servable not found for request: Latest({name}); this server serves {model_name!r}.")
+
+
+def _no_version(name, version, available):
+    """The 404 of a path naming a version that is not `available` (or not known at all)."""
+    served = ", ".join(map(str, sorted(available))) or "none"
+    return RequestError(404, f"Servable not found for request: Specific({name}, {shown(version)}); served versions: {served}.")
 
 
 def _files(folder):
