@@ -869,3 +869,32 @@ def test_the_logged_url_brackets_an_ipv6_host(server, monkeypatch, caplog):
         serve.main(["--model_name=m", f"--export_dir={os.path.dirname(server['log'])}", "--host=::1", "--port=8501"])
     assert any(" on http://[::1]:8501 (" in record.getMessage() for record in caplog.records), caplog.text
     assert serve.address("127.0.0.1", 8501) == "127.0.0.1:8501"
+
+
+def test_a_partial_folder_being_written_is_told_from_an_abandoned_one(tmp_path, monkeypatch, caplog):
+    """An export's partial folder is logged as being written while its writer lives, and as one that
+    did not finish once the writer is gone; each once."""
+    from keras_preact.serving import layout, saved_model
+    from keras_preact.serving.versions import Servable
+
+    keras_preact.export_saved_model(keras_preact.PreActResNet(8, block="basic"), str(tmp_path), version=1)
+    servable = Servable(str(tmp_path))
+    partial = tmp_path / ".2.partial-0123"
+    partial.mkdir()
+    with caplog.at_level(logging.INFO, logger="keras_preact.serve"):
+        with layout.writer_lock(str(partial)):  # as an export holds it
+            servable._sync()
+            servable._sync()
+        servable._sync()  # the writer is gone (its lock with it)
+        servable._sync()
+    lines = [(r.levelname, r.getMessage().split(os.sep)[-1]) for r in caplog.records if "Skipping" in r.getMessage()]
+    assert lines == [("INFO", f"{partial.name}: {layout.BEING_WRITTEN}"), ("WARNING", f"{partial.name}: {layout.ABANDONED}")]
+    assert os.listdir(partial) == []  # the lock's file goes with its writer
+
+    seen = []  # what a server sees in the middle of a real export
+    real_wrap = saved_model._wrap
+    monkeypatch.setattr(saved_model, "_wrap", lambda *args: (real_wrap(*args), seen.append(layout.servable_versions(str(tmp_path)))))
+    keras_preact.export_saved_model(keras_preact.PreActResNet(8, block="basic"), str(tmp_path), version=3)
+    [(complete, skipped)] = seen
+    assert complete == [1] and sorted(reason for _, reason in skipped) == sorted([layout.ABANDONED, layout.BEING_WRITTEN])
+    assert layout.WRITER_LOCK not in os.listdir(tmp_path / "3")

@@ -3,9 +3,13 @@
 
 Exports are written to a hidden partial folder beside the version (`.<version>.partial-*`) and
 renamed into place when complete, so a numbered folder is either absent or whole; a partial
-folder left by a killed export is never served and never blocks the next export.
+folder left by a killed export is never served and never blocks the next export. While it writes,
+the export holds a lock on a file in its partial folder (`writer_lock`), so that a reader tells a
+folder still being written from one left by a killed export (`being_written`).
 """
 
+import contextlib
+import fcntl
 import os
 import re
 import tempfile
@@ -15,6 +19,9 @@ from keras_preact import choices
 VERSION = re.compile(r"0|[1-9][0-9]*")  # a version folder's name, as the version prints
 PARTIAL = ".partial-"  # in the name of a version folder being written
 MAX_VERSION = 2**63 - 1  # TF Serving reads versions as int64
+WRITER_LOCK = ".writer.lock"  # in a partial folder: locked by the export writing it
+BEING_WRITTEN = "an export still being written (served once it completes)"
+ABANDONED = "an export that did not finish (safe to delete)"
 
 
 def check_export_dir(export_dir):
@@ -90,6 +97,34 @@ def partial_prefix(version):
     return f".{version}{PARTIAL}"
 
 
+@contextlib.contextmanager
+def writer_lock(partial):
+    """Marks the partial folder `partial` as being written while the block runs: an exclusive lock
+    (flock) on its `WRITER_LOCK` file, which is removed when the block ends (the version folder
+    holds the SavedModel alone). The lock dies with its process, so a killed export's folder is
+    not `being_written`."""
+    path = os.path.join(partial, WRITER_LOCK)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # blocking: a reader's test holds it for an instant
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
+def being_written(partial):
+    """Whether an export still writes the partial folder `partial` (it holds its `writer_lock`)."""
+    try:
+        with open(os.path.join(partial, WRITER_LOCK), "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no lock file: an export from before the lock, or killed before it made its file
+        return False
+    return False
+
+
 def incomplete(version_dir):
     """Why `version_dir` is not a whole SavedModel, or None when it is."""
     if not os.path.isfile(os.path.join(version_dir, "saved_model.pb")):
@@ -102,7 +137,8 @@ def incomplete(version_dir):
 
 def servable_versions(export_dir):
     """(complete, skipped): the complete version numbers, ascending, and a `(folder name, reason)`
-    for every numbered folder that is not a whole SavedModel and every partial folder."""
+    for every numbered folder that is not a whole SavedModel and every partial folder (`BEING_WRITTEN`
+    or `ABANDONED`)."""
     complete, skipped = [], []
     for version in versions(export_dir):
         reason = incomplete(os.path.join(export_dir, str(version)))
@@ -112,5 +148,5 @@ def servable_versions(export_dir):
             complete.append(version)
     for name in sorted(os.listdir(export_dir)) if os.path.isdir(export_dir) else ():
         if PARTIAL in name:
-            skipped.append((name, "an export that did not finish (safe to delete)"))
+            skipped.append((name, BEING_WRITTEN if being_written(os.path.join(export_dir, name)) else ABANDONED))
     return complete, skipped

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from keras_preact.serving.layout import MAX_VERSION, parse_version, servable_versions, shown
+from keras_preact.serving.layout import BEING_WRITTEN, MAX_VERSION, parse_version, servable_versions, shown
 
 log = logging.getLogger("keras_preact.serve")
 STATES = ("LOADING", "AVAILABLE", "UNLOADING", "END")
@@ -133,10 +133,10 @@ class Servable:
     def _sync(self, first=False):
         """Loads the versions wanted and not loaded, then unloads those loaded and not wanted."""
         complete, skipped = servable_versions(self.export_dir)
-        for name, reason in skipped:
-            if name not in self._skipped:
-                log.warning("Skipping %s: %s", os.path.join(self.export_dir, name), reason)
-        self._skipped = {name for name, _ in skipped}
+        for name, reason in set(skipped) - self._skipped:  # once each, and again when its reason changes
+            log.log(logging.INFO if reason == BEING_WRITTEN else logging.WARNING, "Skipping %s: %s",
+                    os.path.join(self.export_dir, name), reason)
+        self._skipped = set(skipped)
         if first:
             _check_start(self.export_dir, complete, skipped, self.labels, self.policy)
         # A version that failed to load is retried only once its files change (a copy that was not
