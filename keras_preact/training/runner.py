@@ -34,6 +34,7 @@ from keras_preact.training.report import plot_curves, read_history
 log = logging.getLogger("keras_preact")
 
 CHECKPOINT = "checkpoint.weights.h5"
+LOCK = ".lock"  # in model_dir: locked (flock) by the run that writes there, holding its process id
 
 
 class TrainingDiverged(RuntimeError):
@@ -102,6 +103,8 @@ def prepare(config, train_split, test_split, export_dir, callbacks, verbose):
     # First, before TensorFlow runs any op: multi-worker collectives are configured at start-up.
     placement = distribute.place(config.strategy)
     _check_model_dir(config)
+    if placement.is_chief:
+        _check_free(config.model_dir)  # before minutes of decoding, not after
     keras.utils.set_random_seed(config.seed)
     pipeline = pipelines.get(config.input_pipeline)
     log.info("Input pipeline: %s (%s)", config.input_pipeline, choices.INPUT_PIPELINES[config.input_pipeline])
@@ -369,19 +372,36 @@ def _class_names(config, train_split, test_split):
     return names
 
 
+def _lock(lock, model_dir, mode):
+    """Takes the flock `mode` on `lock`, the open LOCK file of `model_dir`, without waiting; a
+    RuntimeError naming the run that holds it otherwise."""
+    try:
+        fcntl.flock(lock, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        raise RuntimeError(
+            f"{model_dir} is in use by another run (process {lock.read().strip() or '?'}); wait for it to "
+            "finish, or use another model_dir."
+        ) from None
+
+
+def _check_free(model_dir):
+    """Refuses now a `model_dir` that another run holds (`_exclusive`), which this run claims only
+    once its data is loaded (nothing is written before)."""
+    try:
+        lock = open(os.path.join(model_dir, LOCK))
+    except OSError:  # no lock file (no run has written there), or no folder
+        return
+    with lock:
+        _lock(lock, model_dir, fcntl.LOCK_SH)  # released at once: the claim is `_exclusive`'s
+
+
 @contextlib.contextmanager
 def _exclusive(model_dir):
     """Holds a lock on `model_dir` while this run writes there: a second run into the same folder
     (the same command started twice) is refused instead of interleaving checkpoints."""
-    with open(os.path.join(model_dir, ".lock"), "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            raise RuntimeError(
-                f"{model_dir} is in use by another run (process {lock.read().strip() or '?'}); wait for it to "
-                "finish, or use another model_dir."
-            ) from None
+    with open(os.path.join(model_dir, LOCK), "a+") as lock:
+        _lock(lock, model_dir, fcntl.LOCK_EX)
         lock.truncate(0)
         lock.write(str(os.getpid()))
         lock.flush()
