@@ -111,10 +111,7 @@ def prepare(config, train_split, test_split, export_dir, callbacks, verbose):
     if train_split is None or test_split is None:
         train_split, test_split = pipeline.load(config.dataset, config.data_dir, folders.reading(config, verbose))
     train_split = train_split.subset(config.train_subset)
-    completed = folders.complete(config, train_split)  # a folder's classes and normalisation
-    if completed != config:
-        config = completed
-        _check_model_dir(config)  # again, with what the data decided
+    config = folders.complete(config, train_split)  # a folder's classes and normalisation
     plan = pipelines.BatchPlan(len(train_split), config.batch_size, config.epochs, placement.replicas, placement.data_shard)
     _check_test_split(len(test_split), plan)
     log.info(
@@ -123,6 +120,7 @@ def prepare(config, train_split, test_split, export_dir, callbacks, verbose):
         config.batch_size, placement.description,
     )
     class_names = _class_names(config, train_split, test_split)
+    _check_same_images(config, class_names)
     return PreparedRun(config, placement, pipeline, train_split, test_split, plan, class_names, callbacks, verbose)
 
 
@@ -346,6 +344,25 @@ def _check_model_dir(config):
                 + ", ".join(f"{key}: {previous[key]!r} there, {now[key]!r} now" for key in differences)
                 + "). Use a new model_dir, or the same settings to resume."
             )
+
+
+def _check_same_images(config, class_names):
+    """Refuses to resume a run on an image folder that changed since the run began: what the data
+    decides (its classes, `folders.FROM_DATA`) must be what the run recorded."""
+    path = os.path.join(config.model_dir, "config.json")
+    if config.dataset != "folder" or not os.path.exists(path):
+        return
+    names_path = os.path.join(config.model_dir, "class_names.json")
+    recorded_names = None
+    if os.path.exists(names_path):
+        with open(names_path) as f:
+            recorded_names = json.load(f)["class_names"]
+    changed = folders.changes(RunConfig.load(path).to_dict(), config.to_dict(), recorded_names, class_names)
+    if changed:
+        raise ValueError(
+            f"{config.model_dir} holds a run on other images than {config.data_dir} holds now ({'; '.join(changed)}): "
+            "restore the folder's images to resume, or use a new model_dir."
+        )
 
 
 def _class_names(config, train_split, test_split):
