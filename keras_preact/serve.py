@@ -23,17 +23,17 @@ def _parser():
                                      formatter_class=command_line.HelpFormatter)
     parser.add_argument("--export_dir", required=True, help="the model's base directory (holding version folders; required)")
     parser.add_argument("--model_name", required=True, help="the NAME in /v1/models/NAME (required)")
-    parser.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default (1-65535)")
+    parser.add_argument("--port", type=command_line.number(int), default=8501, help="TF Serving's REST port by default (1-65535)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--max_batch", type=int, default=256, help=f"most images per request (at most {MAX_BATCH}); sets the body limit")
-    parser.add_argument("--read_timeout", type=float, default=30.0,
+    parser.add_argument("--max_batch", type=command_line.number(int), default=256, help=f"most images per request (at most {MAX_BATCH}); sets the body limit")
+    parser.add_argument("--read_timeout", type=command_line.number(float), default=30.0,
                         help=f"seconds a request's headers, and then its body, may take to arrive (0.001 to {MAX_SECONDS})")
     parser.add_argument(
         "--version_labels", default="", help="LABEL=VERSION,... : also serve these versions at /labels/LABEL"
     )
     parser.add_argument("--version_policy", default="latest:1",
                         help="the versions served: latest:N (the N highest), all, or specific:V1,V2 (TF Serving's policies)")
-    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+    parser.add_argument("--file_system_poll_wait_seconds", type=command_line.number(float), default=1.0,
                         help=f"seconds between looks at --export_dir for new versions (0: only at start; at most {MAX_SECONDS})")
     parser.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json (default: off)")
     parser.add_argument("--verbosity", choices=command_line.VERBOSITIES, default="info",
@@ -59,8 +59,8 @@ def _check(args):
     if not re.fullmatch(r"[^/:\s]+", args.model_name):
         raise ValueError(f"--model_name must be a non-empty name without '/', ':' or spaces, got {args.model_name!r}.")
     choices.check_count("--max_batch", args.max_batch, maximum=MAX_BATCH)
-    if not 1 <= args.port <= 65535:
-        raise ValueError(f"--port must be from 1 to 65535, got {args.port}.")
+    if not isinstance(args.port, int) or not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be from 1 to 65535, got {args.port!r}.")
     choices.check_number("--read_timeout", args.read_timeout, low=0.001, high=MAX_SECONDS)
     choices.check_number("--file_system_poll_wait_seconds", args.file_system_poll_wait_seconds, low=0, high=MAX_SECONDS)
     VersionPolicy.parse(args.version_policy)

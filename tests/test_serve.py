@@ -560,6 +560,9 @@ def test_every_flag_is_checked_at_start(server, tmp_path, capsys):
          "--file_system_poll_wait_seconds must be a finite number, got inf (valid: [0, 86400])"),
         (["--file_system_poll_wait_seconds=1e10"], export_dir, "--file_system_poll_wait_seconds must be in [0, 86400]"),
         (["--version_policy=specific:99999999999999999999"], export_dir, "names a version above 9223372036854775807"),
+        (["--port=http"], export_dir, "--port must be from 1 to 65535, got 'http'"),
+        (["--max_batch=lots"], export_dir, "--max_batch must be a positive integer of at most 1024, got 'lots'"),
+        (["--read_timeout=5s"], export_dir, "--read_timeout must be a finite number, got '5s' (valid: [0.001, 86400])"),
     ]
     for flags, where, message in cases:
         if "--port" not in " ".join(flags):
