@@ -186,18 +186,19 @@ def complete(config, train_split):
 
 def changes(recorded, now, recorded_names, names):
     """What differs between the images a run began on and those it reads now, as short phrases:
-    the class folders (or their count, where `recorded_names` is None: a run from before they were
-    recorded) and the normalisation computed from them (`recorded`, `now`: resolved configurations).
+    the class folders (or their count, where either list of names is None: a run from before they
+    were recorded, or images given as arrays) and the normalisation computed from them (`recorded`,
+    `now`: resolved configurations as dicts).
 
     >>> changes({"classes": 3, "normalization": [[1, 2, 3], [4, 5, 6]]},
     ...         {"classes": 3, "normalization": [[1, 2, 3.5], [4, 5, 6]]}, ["ant", "bee", "cat"], ["ant", "bee", "dog"])
     ['class folders gone: cat, new: dog', 'normalisation mean 1/2/3, std 4/5/6 then, mean 1/2/3.5, std 4/5/6 now']
     """
     found = []
-    if recorded_names is not None and list(recorded_names) != list(names):
+    if recorded_names is not None and names is not None and list(recorded_names) != list(names):
         gone, new = [n for n in recorded_names if n not in names], [n for n in names if n not in recorded_names]
-        found.append("class folders " + ", ".join(f"{what}: {_few(folders)}" for what, folders in (("gone", gone), ("new", new))
-                                                  if folders))
+        found.append("class folders " + ", ".join(f"{what}: {_few(listed)}" for what, listed in (("gone", gone), ("new", new))
+                                                  if listed))
     elif recorded["classes"] != now["classes"]:
         found.append(f"{recorded['classes']} classes then, {now['classes']} now")
     if recorded["normalization"] != now["normalization"]:

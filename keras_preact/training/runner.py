@@ -112,6 +112,7 @@ def prepare(config, train_split, test_split, export_dir, callbacks, verbose):
         train_split, test_split = pipeline.load(config.dataset, config.data_dir, folders.reading(config, verbose))
     train_split = train_split.subset(config.train_subset)
     config = folders.complete(config, train_split)  # a folder's classes and normalisation
+    _check_same_images(config, train_split.class_names)  # a resume on a folder that changed since
     plan = pipelines.BatchPlan(len(train_split), config.batch_size, config.epochs, placement.replicas, placement.data_shard)
     _check_test_split(len(test_split), plan)
     log.info(
@@ -120,7 +121,6 @@ def prepare(config, train_split, test_split, export_dir, callbacks, verbose):
         config.batch_size, placement.description,
     )
     class_names = _class_names(config, train_split, test_split)
-    _check_same_images(config, class_names)
     return PreparedRun(config, placement, pipeline, train_split, test_split, plan, class_names, callbacks, verbose)
 
 
