@@ -28,12 +28,16 @@
 # ONLY=step1,step2 runs those steps alone. The tests run it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-mode=${1:-}
+usage() { echo "usage: [BUDGET_S=SECONDS] $0 prove|reproduce: $1" >&2; exit 2; }
+(($# == 1)) || usage "takes one mode, got $# argument(s)${*:+: $*}"
+mode=$1
 case $mode in
-prove) budget=${BUDGET_S:-450} ;;
-reproduce) budget=${BUDGET_S:-555} ;;
-*) echo "usage: $0 prove|reproduce" >&2; exit 2 ;;
+prove) budget=${BUDGET_S-450} ;;
+reproduce) budget=${BUDGET_S-555} ;;
+*) usage "unknown mode '$mode'" ;;
 esac
+# Bash's arithmetic reads any text as a number (0 for a name): only whole seconds, 1 to 6 digits.
+[[ $budget =~ ^[1-9][0-9]{0,5}$ ]] || usage "BUDGET_S must be whole seconds from 1 to 999999, got '$budget'"
 out=${OUT:-benchmarks/gpu_out}
 mkdir -p "$out"
 results=$out/gpu_results.jsonl

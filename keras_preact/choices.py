@@ -61,12 +61,13 @@ def check_number(argument, value, low=-math.inf, high=math.inf, high_open=False)
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         with contextlib.suppress(OverflowError):  # an int beyond float's range is not finite either
             number = float(value)
+    interval = f"[{low:g}, {high:g}{')' if high_open else ']'}"
     if number is None or not math.isfinite(number):
-        raise ValueError(f"{argument} must be a finite number, got {value!r}.")
+        bounded = math.isfinite(low) or math.isfinite(high)
+        raise ValueError(f"{argument} must be a finite number, got {value!r}{f' (valid: {interval})' if bounded else ''}.")
     value = number
     if value < low or value > high or (high_open and value == high):
-        bound = ")" if high_open else "]"
-        raise ValueError(f"{argument} must be in [{low:g}, {high:g}{bound}, got {value!r}.")
+        raise ValueError(f"{argument} must be in {interval}, got {value!r}.")
     return float(value)
 
 

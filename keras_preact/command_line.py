@@ -22,6 +22,25 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (--help lists every flag)\n")
 
 
+def number(kind):
+    """An argparse type: the flag's text as `kind` (int or float) where it is one, else the text
+    itself, for the command's own check to refuse naming the flag and its valid range (argparse's
+    "invalid int value" names no range).
+
+    >>> number(int)("8"), number(float)("0.5"), number(int)("many")
+    (8, 0.5, 'many')
+    """
+
+    def parse(text):
+        try:
+            return kind(text)
+        except ValueError:
+            return text
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def set_log_levels(verbosity, log_format="%(asctime)s %(levelname)s %(message)s"):
     """A command's Python log at `verbosity` (one of `VERBOSITIES`); the frameworks' own loggers
     (TensorFlow, absl, JAX) at warnings unless `verbosity` is "debug", so that their INFO notes

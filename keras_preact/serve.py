@@ -13,7 +13,8 @@ import socket
 import sys
 
 from keras_preact import choices, command_line, runtime
-from keras_preact.serving.rest import MAX_BATCH
+from keras_preact.serving.layout import parse_version
+from keras_preact.serving.rest import MAX_BATCH, MAX_SECONDS
 from keras_preact.serving.versions import VersionPolicy
 
 
@@ -22,19 +23,18 @@ def _parser():
                                      formatter_class=command_line.HelpFormatter)
     parser.add_argument("--export_dir", required=True, help="the model's base directory (holding version folders; required)")
     parser.add_argument("--model_name", required=True, help="the NAME in /v1/models/NAME (required)")
-    parser.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default (1-65535)")
+    parser.add_argument("--port", type=command_line.number(int), default=8501, help="TF Serving's REST port by default (1-65535)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--max_batch", type=int, default=256, help=f"most images per request (at most {MAX_BATCH}); sets the body limit")
-    parser.add_argument(
-        "--read_timeout", type=float, default=30.0, help="seconds a request's headers, and then its body, may take to arrive"
-    )
+    parser.add_argument("--max_batch", type=command_line.number(int), default=256, help=f"most images per request (at most {MAX_BATCH}); sets the body limit")
+    parser.add_argument("--read_timeout", type=command_line.number(float), default=30.0,
+                        help=f"seconds a request's headers, and then its body, may take to arrive (0.001 to {MAX_SECONDS})")
     parser.add_argument(
         "--version_labels", default="", help="LABEL=VERSION,... : also serve these versions at /labels/LABEL"
     )
     parser.add_argument("--version_policy", default="latest:1",
                         help="the versions served: latest:N (the N highest), all, or specific:V1,V2 (TF Serving's policies)")
-    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
-                        help="seconds between looks at --export_dir for new versions (0: only at start)")
+    parser.add_argument("--file_system_poll_wait_seconds", type=command_line.number(float), default=1.0,
+                        help=f"seconds between looks at --export_dir for new versions (0: only at start; at most {MAX_SECONDS})")
     parser.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json (default: off)")
     parser.add_argument("--verbosity", choices=command_line.VERBOSITIES, default="info",
                         help="the least severe log lines shown (info: one line a request); TensorFlow's C++ log "
@@ -46,11 +46,11 @@ def _labels(text):
     labels = {}
     for item in filter(None, text.split(",")):
         label, _, version = item.partition("=")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", label) or not re.fullmatch(r"[1-9][0-9]*", version):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", label) or not parse_version(version):  # 1 to int64's largest
             raise ValueError(f"--version_labels takes LABEL=VERSION pairs such as stable=1,canary=2; got {item!r}.")
         if label in labels:
             raise ValueError(f"--version_labels names {label!r} twice.")
-        labels[label] = int(version)
+        labels[label] = parse_version(version)
     return labels
 
 
@@ -59,10 +59,10 @@ def _check(args):
     if not re.fullmatch(r"[^/:\s]+", args.model_name):
         raise ValueError(f"--model_name must be a non-empty name without '/', ':' or spaces, got {args.model_name!r}.")
     choices.check_count("--max_batch", args.max_batch, maximum=MAX_BATCH)
-    if not 1 <= args.port <= 65535:
-        raise ValueError(f"--port must be from 1 to 65535, got {args.port}.")
-    choices.check_number("--read_timeout", args.read_timeout, low=0.001)
-    choices.check_number("--file_system_poll_wait_seconds", args.file_system_poll_wait_seconds, low=0)
+    if not isinstance(args.port, int) or not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be from 1 to 65535, got {args.port!r}.")
+    choices.check_number("--read_timeout", args.read_timeout, low=0.001, high=MAX_SECONDS)
+    choices.check_number("--file_system_poll_wait_seconds", args.file_system_poll_wait_seconds, low=0, high=MAX_SECONDS)
     VersionPolicy.parse(args.version_policy)
     return _labels(args.version_labels)
 
@@ -75,8 +75,17 @@ def _bind(host, port):
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
     except OSError as error:
-        raise OSError(f"Cannot listen on {host}:{port}: {error.strerror or error}.") from None
+        raise OSError(f"Cannot listen on {address(host, port)}: {error.strerror or error}.") from None
     return listener
+
+
+def address(host, port):
+    """`host:port` as a URL writes it: an IPv6 host in brackets.
+
+    >>> address("::1", 8501), address("localhost", 8501)
+    ('[::1]:8501', 'localhost:8501')
+    """
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _protocol(timeout):
@@ -143,9 +152,9 @@ def main(argv=None):
         parser.exit(1, f"error: {problem}\n")
     servable = app.state.servable
     log.info(
-        "Serving %s version(s) %s%s as %r on http://%s:%d (at most %d images, %s bytes a request; policy %s, "
+        "Serving %s version(s) %s%s as %r on http://%s (at most %d images, %s bytes a request; policy %s, "
         "polled every %g s)", args.export_dir, ", ".join(map(str, servable.available())),
-        "".join(f", {k}={v}" for k, v in labels.items()), args.model_name, args.host, args.port, args.max_batch,
+        "".join(f", {k}={v}" for k, v in labels.items()), args.model_name, address(args.host, args.port), args.max_batch,
         f"{app.state.body_limit:,}", args.version_policy, args.file_system_poll_wait_seconds,
     )
     config = uvicorn.Config(app, http=_protocol(args.read_timeout), log_level="warning", access_log=False)

@@ -171,3 +171,27 @@ def test_the_imagenet_recipe_trains_a_resnet50_on_small_crops(squares, tmp_path,
     # that leaves it to the data is not "other settings".
     assert RunConfig.from_dict(saved).resolved().normalization == saved["normalization"]
     runner._check_model_dir(config.resolved())
+
+
+def test_a_resume_on_a_changed_folder_names_what_changed_in_one_line(tmp_path):
+    from PIL import Image
+
+    root = make_folder(tmp_path / "tiny", ("ant", "bee", "cat"), (32, 32))
+    config = RunConfig(dataset="folder", data_dir=str(root), depth=8, epochs=1, batch_size=6, model_dir=str(tmp_path / "run"))
+    os.makedirs(config.model_dir)
+    runner._record_start(runner.prepare(config, None, None, None, None, 0), 0)  # as the run's start writes them
+    runner.prepare(config, None, None, None, None, 0)  # the same images: a resume
+    for split in ("train", "test"):
+        os.rename(root / split / "cat", root / split / "cow")
+    with pytest.raises(ValueError) as refused:
+        runner.prepare(config, None, None, None, None, 0)
+    message = str(refused.value)
+    assert "\n" not in message and "[[" not in message, message
+    assert f"holds a run on other images than {root} holds now (class folders gone: cat, new: cow): " in message  # the same images
+    assert message.endswith("restore the folder's images to resume, or use a new model_dir.")
+    for split in ("train", "test"):
+        os.rename(root / split / "cow", root / split / "cat")
+    Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(root / "train" / "ant" / "white.png")
+    with pytest.raises(ValueError, match=r"other images than .* holds now \(normalisation mean [\d.]+/[\d.]+/[\d.]+, std "
+                                         r"[\d.]+/[\d.]+/[\d.]+ then, mean [\d.]+/[\d.]+/[\d.]+, std [\d.]+/[\d.]+/[\d.]+ now\)"):
+        runner.prepare(config, None, None, None, None, 0)

@@ -103,3 +103,23 @@ def test_an_unknown_mode_is_refused(tmp_path):
     done = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu.sh"), "all"], capture_output=True, text=True,
                           env=dict(os.environ, OUT=str(tmp_path)), timeout=60)
     assert done.returncode == 2 and "usage:" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "arguments, budget, problem",
+    [
+        (["prove", "extra"], None, "takes one mode, got 2 argument(s): prove extra"),
+        ([], None, "takes one mode, got 0 argument(s)"),
+        (["prove"], "1.5", "BUDGET_S must be whole seconds from 1 to 999999, got '1.5'"),
+        (["reproduce"], "0", "got '0'"),
+        (["prove"], "-5", "got '-5'"),
+        (["prove"], "", "got ''"),
+    ],
+)
+def test_extra_arguments_and_a_bad_budget_are_refused_before_anything_runs(tmp_path, arguments, budget, problem):
+    environment = {key: value for key, value in os.environ.items() if key != "BUDGET_S"}
+    environment.update(OUT=str(tmp_path / "out"), **({} if budget is None else {"BUDGET_S": budget}))
+    done = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu.sh"), *arguments], capture_output=True,
+                          text=True, env=environment, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and problem in done.stderr, done.stderr
+    assert done.stderr.startswith("usage: ") and not (tmp_path / "out").exists()  # refused before any step

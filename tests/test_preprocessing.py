@@ -76,6 +76,9 @@ def test_decode_predictions_cifar_and_imagenet():
         (np.zeros((1, 10)), {"dataset": "cifar10", "top": 11}, "top=11 exceeds the 10 classes"),
         (np.zeros((1, 10)), {"dataset": "cifar10", "top": 0}, "top must be a positive integer"),
         (np.zeros((1, 2)), {"class_names": "ab"}, "class_names must be a list of strings"),
+        (np.eye(10)[[0, 1]] * [[1], [np.nan]], {"dataset": "cifar10"},
+         r"NaN or infinite scores \(prediction\(s\) 1\): the model diverged, or its input was not normalised"),
+        (np.full((7, 2), -np.inf, np.float32), {"class_names": ["a", "b"]}, r"\(prediction\(s\) 0, 1, 2, 3, 4, \.\.\.\)"),
     ],
 )
 def test_decode_predictions_rejects_bad_arguments(preds, kwargs, message):

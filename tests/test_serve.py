@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import keras
@@ -554,6 +555,14 @@ def test_every_flag_is_checked_at_start(server, tmp_path, capsys):
         (["--version_policy=newest"], export_dir, "version_policy must be latest:N, all or specific:V1,V2,...; got 'newest'"),
         (["--version_policy=specific:7"], export_dir, "has none of the versions 7 that version_policy names"),
         (["--file_system_poll_wait_seconds=-1"], export_dir, "--file_system_poll_wait_seconds must be in [0"),
+        (["--read_timeout=1e300"], export_dir, "--read_timeout must be in [0.001, 86400], got 1e+300"),
+        (["--file_system_poll_wait_seconds=inf"], export_dir,
+         "--file_system_poll_wait_seconds must be a finite number, got inf (valid: [0, 86400])"),
+        (["--file_system_poll_wait_seconds=1e10"], export_dir, "--file_system_poll_wait_seconds must be in [0, 86400]"),
+        (["--version_policy=specific:99999999999999999999"], export_dir, "names a version above 9223372036854775807"),
+        (["--port=http"], export_dir, "--port must be from 1 to 65535, got 'http'"),
+        (["--max_batch=lots"], export_dir, "--max_batch must be a positive integer of at most 1024, got 'lots'"),
+        (["--read_timeout=5s"], export_dir, "--read_timeout must be a finite number, got '5s' (valid: [0.001, 86400])"),
     ]
     for flags, where, message in cases:
         if "--port" not in " ".join(flags):
@@ -798,3 +807,97 @@ def test_a_version_that_fails_to_load_keeps_the_served_one_and_is_retried_once_i
     shutil.rmtree(tmp_path / "2")
     servable._sync()
     assert servable.available() == [1]
+
+
+def test_status_lists_every_version_when_none_is_available(tmp_path):
+    """Version 1 removed and version 2 failing to load: the model is still known, so its status is
+    200 with each version's state (TF Serving's answer); 404 is for another model's name."""
+    from keras_preact.serving import rest
+
+    keras_preact.export_saved_model(keras_preact.PreActResNet(8, block="basic"), str(tmp_path), version=1)
+    app = rest.create_app(str(tmp_path), MODEL)
+    with local_server(app) as local:
+        os.mkdir(tmp_path / "2")
+        shutil.copy(tmp_path / "1" / "saved_model.pb", tmp_path / "2")  # no variables: fails to load
+        shutil.rmtree(tmp_path / "1")
+        app.state.servable._sync()
+        status, answer = call(local, f"/v1/models/{MODEL}")
+        assert status == 200, answer
+        assert [(s["version"], s["state"], s["status"]["error_code"]) for s in answer["model_version_status"]] == [
+            ("2", "END", "UNKNOWN"), ("1", "END", "OK")]
+        assert "cannot be loaded as a SavedModel" in answer["model_version_status"][0]["status"]["error_message"]
+        status, answer = call(local, f"/v1/models/{MODEL}/versions/2")
+        assert status == 200 and [s["version"] for s in answer["model_version_status"]] == ["2"]
+        assert call(local, f"/v1/models/{MODEL}/versions/3") == (
+            404, {"error": f"Servable not found for request: Specific({MODEL}, 3); served versions: none."})
+        assert call(local, "/v1/models/other")[0] == 404
+        status, answer = call(local, f"/v1/models/{MODEL}:predict", {"instances": PIXELS_OK})
+        assert status == 404 and "no version is available now" in answer["error"]
+
+
+def test_versions_are_parsed_as_int64_with_leading_zeros(server):
+    for path in ("/versions/002", f"/versions/{'0' * 5000}2"):
+        assert call(server, f"/v1/models/{MODEL}{path}")[1]["model_version_status"][0]["version"] == "2"
+    status, answer = call(server, f"/v1/models/{MODEL}/versions/0001:predict", {"instances": images(1, 3).tolist()})
+    assert status == 200
+    np.testing.assert_allclose([p["probabilities"] for p in answer["predictions"]], expected(server, images(1, 3), 1), atol=1e-5)
+    for version in ("+2", "2.0", "٢", str(2**63 + 2)):  # not an int64 in decimal digits
+        assert call(server, f"/v1/models/{MODEL}/versions/{urllib.parse.quote(version)}")[0] == 404, version
+
+
+def test_one_bound_for_versions_wherever_they_come_from():
+    from keras_preact.serving.layout import MAX_VERSION, check_version, parse_version
+    from keras_preact.serving.versions import VersionPolicy
+
+    assert VersionPolicy.parse(f"specific:{MAX_VERSION},007,7").numbers == (7, MAX_VERSION)  # 19 digits
+    assert parse_version(str(MAX_VERSION)) == check_version("version", MAX_VERSION) == MAX_VERSION
+    with pytest.raises(ValueError, match=f"names a version above {MAX_VERSION}, the largest TF Serving reads"):
+        VersionPolicy.parse(f"specific:1,{MAX_VERSION + 1}")
+    with pytest.raises(ValueError, match=f"is above {MAX_VERSION}"):
+        check_version("version", MAX_VERSION + 1)
+    assert parse_version(str(MAX_VERSION + 1)) is None
+
+
+def test_the_logged_url_brackets_an_ipv6_host(server, monkeypatch, caplog):
+    import uvicorn
+
+    from keras_preact import command_line, runtime, serve
+
+    # main() up to uvicorn, in this process: no socket, no change to this process's logging or allocator.
+    monkeypatch.setattr(serve, "_bind", lambda host, port: socket.socket())
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: sockets[0].close())
+    monkeypatch.setattr(command_line, "set_log_levels", lambda *args: None)
+    monkeypatch.setattr(runtime, "return_freed_memory", lambda: None)
+    with caplog.at_level(logging.INFO, logger="keras_preact.serve"):
+        serve.main(["--model_name=m", f"--export_dir={os.path.dirname(server['log'])}", "--host=::1", "--port=8501"])
+    assert any(" on http://[::1]:8501 (" in record.getMessage() for record in caplog.records), caplog.text
+    assert serve.address("127.0.0.1", 8501) == "127.0.0.1:8501"
+
+
+def test_a_partial_folder_being_written_is_told_from_an_abandoned_one(tmp_path, monkeypatch, caplog):
+    """An export's partial folder is logged as being written while its writer lives, and as one that
+    did not finish once the writer is gone; each once."""
+    from keras_preact.serving import layout, saved_model
+    from keras_preact.serving.versions import Servable
+
+    keras_preact.export_saved_model(keras_preact.PreActResNet(8, block="basic"), str(tmp_path), version=1)
+    servable = Servable(str(tmp_path))
+    partial = tmp_path / ".2.partial-0123"
+    partial.mkdir()
+    with caplog.at_level(logging.INFO, logger="keras_preact.serve"):
+        with layout.writer_lock(str(partial)):  # as an export holds it
+            servable._sync()
+            servable._sync()
+        servable._sync()  # the writer is gone (its lock with it)
+        servable._sync()
+    lines = [(r.levelname, r.getMessage().split(os.sep)[-1]) for r in caplog.records if "Skipping" in r.getMessage()]
+    assert lines == [("INFO", f"{partial.name}: {layout.BEING_WRITTEN}"), ("WARNING", f"{partial.name}: {layout.ABANDONED}")]
+    assert os.listdir(partial) == []  # the lock's file goes with its writer
+
+    seen = []  # what a server sees in the middle of a real export
+    real_wrap = saved_model._wrap
+    monkeypatch.setattr(saved_model, "_wrap", lambda *args: (real_wrap(*args), seen.append(layout.servable_versions(str(tmp_path)))))
+    keras_preact.export_saved_model(keras_preact.PreActResNet(8, block="basic"), str(tmp_path), version=3)
+    [(complete, skipped)] = seen
+    assert complete == [1] and sorted(reason for _, reason in skipped) == sorted([layout.ABANDONED, layout.BEING_WRITTEN])
+    assert layout.WRITER_LOCK not in os.listdir(tmp_path / "3")

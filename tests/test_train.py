@@ -238,6 +238,26 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
     assert not (tmp_path / "checkpoint.weights.h5").exists()
 
 
+def test_a_second_run_is_refused_before_it_decodes_its_data(tmp_path, monkeypatch):
+    import fcntl
+
+    from keras_preact.training import folders
+
+    def decoding(*args):
+        raise AssertionError("the data set is being decoded")
+
+    monkeypatch.setattr(folders, "reading", decoding)  # what the data's loading starts with
+    sample = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "cifar10-sample")
+    config = training.RunConfig(depth=8, epochs=1, batch_size=20, data_dir=sample, model_dir=str(tmp_path))
+    with open(tmp_path / ".lock", "w") as held:  # as the first run holds it
+        held.write("4242")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match=r"is in use by another run \(process 4242\); wait for it"):
+            training.run(config, verbose=0)
+    assert os.listdir(tmp_path) == [".lock"]
+
+
 def test_images_of_another_class_count_are_refused_before_training(tmp_path):
     images, labels = toy_splits()[0].images, toy_splits()[0].labels
     three = dataclasses.replace(from_arrays(images, labels), class_names=("red", "green", "blue"))

@@ -253,6 +253,12 @@ def decode_predictions(
             f"decode_predictions takes predictions of shape [batch, {len(names)}] ({len(names)} classes); got "
             f"shape {list(scores.shape)}" + (f": dataset {fits[0]!r} has {scores.shape[1]} classes." if fits else ".")
         )
+    if scores.dtype.kind == "f" and not np.isfinite(scores).all():  # argsort would rank NaN as it happens to
+        rows = np.flatnonzero(~np.isfinite(scores).all(axis=1))
+        raise ValueError(
+            f"decode_predictions got NaN or infinite scores (prediction(s) {', '.join(map(str, rows[:5]))}"
+            f"{', ...' if len(rows) > 5 else ''}): the model diverged, or its input was not normalised (preprocess_input)."
+        )
     choices.check_count("top", top)
     if top > len(names):
         raise ValueError(f"top={top} exceeds the {len(names)} classes.")

@@ -45,6 +45,7 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 BYTES_PER_PIXEL_VALUE = 6
 BODY_OVERHEAD = 64 * 1024  # keys, signature name, whitespace
 MAX_BATCH = 1024  # most images a request may hold (--max_batch): bounds the body limit
+MAX_SECONDS = 86_400  # the longest read timeout and poll interval: a day (Python's timers overflow far above)
 # Requests parsed and run at once: the parsed JSON of a full body is ≈10x its size, and TensorFlow
 # already spreads one batch over every core.
 PARALLEL_REQUESTS = 4
@@ -324,9 +325,7 @@ def _versions_by_state(servable):
 
 
 async def handle_status(server, request, route):
-    with server.servable.use(server.model_name, *route.group("name", "version", "label")) as version:
-        explicit = route.group("version") is not None or route.group("label") is not None
-        return {"model_version_status": server.servable.status(version.number if explicit else None)}
+    return {"model_version_status": server.servable.status_of(server.model_name, *route.group("name", "version", "label"))}
 
 
 async def handle_metadata(server, request, route):
@@ -439,7 +438,8 @@ def create_app(export_dir, model_name, max_batch=256, read_timeout=30.0, version
     import anyio
 
     choices.check_count("max_batch", max_batch, maximum=MAX_BATCH)
-    choices.check_number("poll_seconds", poll_seconds, low=0)
+    choices.check_number("read_timeout", read_timeout, low=0.001, high=MAX_SECONDS)
+    choices.check_number("poll_seconds", poll_seconds, low=0, high=MAX_SECONDS)
     metrics = Metrics()
     servable = Servable(export_dir, version_labels, VersionPolicy.parse(version_policy), on_load=metrics.load)
     body_limit = max_batch * servable.image_values() * BYTES_PER_PIXEL_VALUE + BODY_OVERHEAD

@@ -25,7 +25,7 @@ import numpy as np
 
 from keras_preact import choices
 from keras_preact.model.preprocessing import Normalize, dataset_class_names, normalization, normalize
-from keras_preact.serving.layout import check_export_dir, check_version, incomplete, partial_prefix
+from keras_preact.serving.layout import check_export_dir, check_version, incomplete, partial_prefix, writer_lock
 
 SIGNATURE = "serving_default"
 ENCODED_SIGNATURE = "encoded_images"
@@ -122,7 +122,7 @@ def _write_version(model, export_dir, version, signature):
     partial = os.path.join(export_dir, partial_prefix(version) + secrets.token_hex(6))
     os.mkdir(partial)
     try:
-        with tempfile.TemporaryDirectory() as scratch:
+        with writer_lock(partial), tempfile.TemporaryDirectory() as scratch:  # a server logs it as being written
             bare = os.path.join(scratch, "bare")
             if keras.backend.backend() in ("tensorflow", "jax"):
                 model.export(bare, format="tf_saved_model", verbose=False)
@@ -131,6 +131,9 @@ def _write_version(model, export_dir, version, signature):
                 model.save(saved)
                 _export_in_tensorflow_process(saved, bare)
             _wrap(bare, partial, model.input.shape, *signature)
+            for folder, _, files in os.walk(partial):  # durable before the rename: a crash leaves no torn version
+                for name in files:
+                    _fsync(os.path.join(folder, name))
         _publish(partial, target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -138,11 +141,8 @@ def _write_version(model, export_dir, version, signature):
 
 
 def _publish(partial, target):
-    """Renames the finished `partial` folder to `target`, durably: a reader (or a crash) sees no
-    version folder or a whole one."""
-    for folder, _, files in os.walk(partial):
-        for name in files:
-            _fsync(os.path.join(folder, name))
+    """Renames the finished (and synced) `partial` folder to `target`, durably: a reader (or a
+    crash) sees no version folder or a whole one."""
     try:
         os.rename(partial, target)  # atomic; fails on a non-empty target written meanwhile
     except OSError:

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from keras_preact.serving.layout import VERSION, servable_versions
+from keras_preact.serving.layout import BEING_WRITTEN, MAX_VERSION, parse_version, servable_versions, shown
 
 log = logging.getLogger("keras_preact.serve")
 STATES = ("LOADING", "AVAILABLE", "UNLOADING", "END")
@@ -46,8 +46,13 @@ class VersionPolicy:
             return cls("all")
         if kind == "latest" and re.fullmatch(r"[1-9][0-9]{0,5}", arguments or "1"):
             return cls("latest", int(arguments or "1"))
-        if kind == "specific" and re.fullmatch(r"[0-9]{1,18}(,[0-9]{1,18})*", arguments):
-            return cls("specific", numbers=tuple(sorted({int(n) for n in arguments.split(",")})))
+        if kind == "specific" and re.fullmatch(r"[0-9]+(,[0-9]+)*", arguments):
+            numbers = [parse_version(n) for n in arguments.split(",")]
+            if None in numbers:
+                raise ValueError(
+                    f"version_policy {shown(text)!r} names a version above {MAX_VERSION}, the largest TF Serving reads (int64)."
+                )
+            return cls("specific", numbers=tuple(sorted(set(numbers))))
         raise ValueError(f"version_policy must be latest:N, all or specific:V1,V2,...; got {text!r}.")
 
     def chosen(self, complete):
@@ -128,10 +133,10 @@ class Servable:
     def _sync(self, first=False):
         """Loads the versions wanted and not loaded, then unloads those loaded and not wanted."""
         complete, skipped = servable_versions(self.export_dir)
-        for name, reason in skipped:
-            if name not in self._skipped:
-                log.warning("Skipping %s: %s", os.path.join(self.export_dir, name), reason)
-        self._skipped = {name for name, _ in skipped}
+        for name, reason in set(skipped) - self._skipped:  # once each, and again when its reason changes
+            log.log(logging.INFO if reason == BEING_WRITTEN else logging.WARNING, "Skipping %s: %s",
+                    os.path.join(self.export_dir, name), reason)
+        self._skipped = set(skipped)
         if first:
             _check_start(self.export_dir, complete, skipped, self.labels, self.policy)
         # A version that failed to load is retried only once its files change (a copy that was not
@@ -224,24 +229,38 @@ class Servable:
                 self._finish_unloads()
 
     def _resolve(self, model_name, name, version, label):
-        if name != model_name:
-            raise RequestError(404, f"Servable not found for request: Latest({name}); this server serves {model_name!r}.")
+        _check_name(model_name, name)
         available = [n for n, (state, _) in self.states.items() if state == "AVAILABLE"]
-        if label is not None:
-            if label not in self.labels:
-                known = ", ".join(map(repr, self.labels)) or "none (start the server with --version_labels)"
-                raise RequestError(404, f"Unrecognized servable version label: {label}. Labels: {known}.")
-            version = str(self.labels[label])
+        version = self._labelled(version, label)
         if version is None:
             if not available:
                 raise RequestError(404, f"Servable not found for request: Latest({name}); no version is available now.")
             return self.versions[max(available)]
-        # Compared as text: a number of thousands of digits is no version, not an error of int().
-        if not VERSION.fullmatch(version) or version not in {str(n) for n in available}:
-            served = ", ".join(map(str, sorted(available)))
-            shown = version if len(version) <= 40 else f"{version[:20]}...({len(version)} characters)"
-            raise RequestError(404, f"Servable not found for request: Specific({name}, {shown}); served versions: {served}.")
-        return self.versions[int(version)]
+        if parse_version(version) not in available:
+            raise _no_version(name, version, available)
+        return self.versions[parse_version(version)]
+
+    def _labelled(self, version, label):
+        """The version text a path names: its /versions/N, or the version of its /labels/L."""
+        if label is None:
+            return version
+        if label not in self.labels:
+            known = ", ".join(map(repr, self.labels)) or "none (start the server with --version_labels)"
+            raise RequestError(404, f"Unrecognized servable version label: {label}. Labels: {known}.")
+        return str(self.labels[label])
+
+    def status_of(self, model_name, name, version, label):
+        """TF Serving's model_version_status for a status path: every version seen, in whatever
+        state (none AVAILABLE is no error), or the one its version or label names; a RequestError
+        (404) for another model's name or a version never seen."""
+        with self._changed:
+            _check_name(model_name, name)
+            if version is None and label is None:
+                return self.status()
+            version = self._labelled(version, label)
+            if parse_version(version) not in self.states:
+                raise _no_version(name, version, self.available())
+            return self.status(parse_version(version))
 
     def status(self, number=None):
         """TF Serving's model_version_status list: every version seen, highest first (or `number`'s)."""
@@ -252,6 +271,17 @@ class Servable:
             for n, (state, message) in states
             if number is None or n == number
         ]
+
+
+def _check_name(model_name, name):
+    if name != model_name:
+        raise RequestError(404, f"Servable not found for request: Latest({name}); this server serves {model_name!r}.")
+
+
+def _no_version(name, version, available):
+    """The 404 of a path naming a version that is not `available` (or not known at all)."""
+    served = ", ".join(map(str, sorted(available))) or "none"
+    return RequestError(404, f"Servable not found for request: Specific({name}, {shown(version)}); served versions: {served}.")
 
 
 def _files(folder):

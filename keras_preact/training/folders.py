@@ -182,3 +182,34 @@ def complete(config, train_split):
     if config.normalization is None:
         filled["normalization"] = list(channel_statistics(train_split.images))
     return config.completed(**filled)
+
+
+def changes(recorded, now, recorded_names, names):
+    """What differs between the images a run began on and those it reads now, as short phrases:
+    the class folders (or their count, where either list of names is None: a run from before they
+    were recorded, or images given as arrays) and the normalisation computed from them (`recorded`,
+    `now`: resolved configurations as dicts).
+
+    >>> changes({"classes": 3, "normalization": [[1, 2, 3], [4, 5, 6]]},
+    ...         {"classes": 3, "normalization": [[1, 2, 3.5], [4, 5, 6]]}, ["ant", "bee", "cat"], ["ant", "bee", "dog"])
+    ['class folders gone: cat, new: dog', 'normalisation mean 1/2/3, std 4/5/6 then, mean 1/2/3.5, std 4/5/6 now']
+    """
+    found = []
+    if recorded_names is not None and names is not None and list(recorded_names) != list(names):
+        gone, new = [n for n in recorded_names if n not in names], [n for n in names if n not in recorded_names]
+        found.append("class folders " + ", ".join(f"{what}: {_few(listed)}" for what, listed in (("gone", gone), ("new", new))
+                                                  if listed))
+    elif recorded["classes"] != now["classes"]:
+        found.append(f"{recorded['classes']} classes then, {now['classes']} now")
+    if recorded["normalization"] != now["normalization"]:
+        found.append(f"normalisation {_mean_std(recorded['normalization'])} then, {_mean_std(now['normalization'])} now")
+    return found
+
+
+def _few(names, at_most=5):
+    return ", ".join(names[:at_most]) + (f" and {len(names) - at_most} more" if len(names) > at_most else "")
+
+
+def _mean_std(normalization):
+    mean, std = normalization
+    return f"mean {'/'.join(f'{v:g}' for v in mean)}, std {'/'.join(f'{v:g}' for v in std)}"

@@ -34,6 +34,7 @@ from keras_preact.training.report import plot_curves, read_history
 log = logging.getLogger("keras_preact")
 
 CHECKPOINT = "checkpoint.weights.h5"
+LOCK = ".lock"  # in model_dir: locked (flock) by the run that writes there, holding its process id
 
 
 class TrainingDiverged(RuntimeError):
@@ -107,16 +108,16 @@ def prepare(config, train_split, test_split, export_dir, callbacks, verbose):
     # First, before TensorFlow runs any op: multi-worker collectives are configured at start-up.
     placement = distribute.place(config.strategy)
     _check_model_dir(config)
+    if placement.is_chief:
+        _check_free(config.model_dir)  # before minutes of decoding, not after
     keras.utils.set_random_seed(config.seed)
     pipeline = pipelines.get(config.input_pipeline)
     log.info("Input pipeline: %s (%s)", config.input_pipeline, choices.INPUT_PIPELINES[config.input_pipeline])
     if train_split is None or test_split is None:
         train_split, test_split = pipeline.load(config.dataset, config.data_dir, folders.reading(config, verbose))
     train_split = train_split.subset(config.train_subset)
-    completed = folders.complete(config, train_split)  # a folder's classes and normalisation
-    if completed != config:
-        config = completed
-        _check_model_dir(config)  # again, with what the data decided
+    config = folders.complete(config, train_split)  # a folder's classes and normalisation
+    _check_same_images(config, train_split.class_names)  # a resume on a folder that changed since
     plan = pipelines.BatchPlan(len(train_split), config.batch_size, config.epochs, placement.replicas, placement.data_shard)
     _check_test_split(len(test_split), plan)
     log.info(
@@ -364,6 +365,25 @@ def _check_model_dir(config):
             )
 
 
+def _check_same_images(config, class_names):
+    """Refuses to resume a run on an image folder that changed since the run began: what the data
+    decides (its classes, `folders.FROM_DATA`) must be what the run recorded."""
+    path = os.path.join(config.model_dir, "config.json")
+    if config.dataset != "folder" or not os.path.exists(path):
+        return
+    names_path = os.path.join(config.model_dir, "class_names.json")
+    recorded_names = None
+    if os.path.exists(names_path):
+        with open(names_path) as f:
+            recorded_names = json.load(f)["class_names"]
+    changed = folders.changes(RunConfig.load(path).to_dict(), config.to_dict(), recorded_names, class_names)
+    if changed:
+        raise ValueError(
+            f"{config.model_dir} holds a run on other images than {config.data_dir} holds now ({'; '.join(changed)}): "
+            "restore the folder's images to resume, or use a new model_dir."
+        )
+
+
 def _class_names(config, train_split, test_split):
     """The names of the classes the model will output; a folder of another dataset is refused
     before training, not at export."""
@@ -388,19 +408,36 @@ def _class_names(config, train_split, test_split):
     return names
 
 
+def _lock(lock, model_dir, mode):
+    """Takes the flock `mode` on `lock`, the open LOCK file of `model_dir`, without waiting; a
+    RuntimeError naming the run that holds it otherwise."""
+    try:
+        fcntl.flock(lock, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        raise RuntimeError(
+            f"{model_dir} is in use by another run (process {lock.read().strip() or '?'}); wait for it to "
+            "finish, or use another model_dir."
+        ) from None
+
+
+def _check_free(model_dir):
+    """Refuses now a `model_dir` that another run holds (`_exclusive`), which this run claims only
+    once its data is loaded (nothing is written before)."""
+    try:
+        lock = open(os.path.join(model_dir, LOCK))
+    except OSError:  # no lock file (no run has written there), or no folder
+        return
+    with lock:
+        _lock(lock, model_dir, fcntl.LOCK_SH)  # released at once: the claim is `_exclusive`'s
+
+
 @contextlib.contextmanager
 def _exclusive(model_dir):
     """Holds a lock on `model_dir` while this run writes there: a second run into the same folder
     (the same command started twice) is refused instead of interleaving checkpoints."""
-    with open(os.path.join(model_dir, ".lock"), "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            raise RuntimeError(
-                f"{model_dir} is in use by another run (process {lock.read().strip() or '?'}); wait for it to "
-                "finish, or use another model_dir."
-            ) from None
+    with open(os.path.join(model_dir, LOCK), "a+") as lock:
+        _lock(lock, model_dir, fcntl.LOCK_EX)
         lock.truncate(0)
         lock.write(str(os.getpid()))
         lock.flush()
