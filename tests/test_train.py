@@ -17,7 +17,7 @@ from helpers import backend_independent, run_python
 
 import keras_preact
 from keras_preact import choices, training
-from keras_preact.training import recipe
+from keras_preact.training import callbacks, recipe
 from keras_preact.training.data import from_arrays
 from keras_preact.training.report import read_history
 
@@ -95,7 +95,7 @@ def test_a_run_that_reads_ahead_as_on_an_accelerator_finishes(tmp_path, look_ahe
 
 @jax_only
 def test_a_resumed_run_that_reads_ahead_finishes(tmp_path, look_ahead, monkeypatch):
-    real_save = training.callbacks.Checkpoint.on_epoch_end
+    real_save = callbacks.Checkpoint.on_epoch_end
 
     def killed_at_the_second(self, epoch, logs=None):
         if epoch == 1:
@@ -103,10 +103,10 @@ def test_a_resumed_run_that_reads_ahead_finishes(tmp_path, look_ahead, monkeypat
         real_save(self, epoch, logs)
 
     config = training.RunConfig(depth=8, epochs=3, batch_size=20, model_dir=str(tmp_path / "run"), input_pipeline="device")
-    monkeypatch.setattr(training.callbacks.Checkpoint, "on_epoch_end", killed_at_the_second)
+    monkeypatch.setattr(callbacks.Checkpoint, "on_epoch_end", killed_at_the_second)
     with pytest.raises(KeyboardInterrupt):
         training.run(config, *toy_splits(60), verbose=0)
-    monkeypatch.setattr(training.callbacks.Checkpoint, "on_epoch_end", real_save)
+    monkeypatch.setattr(callbacks.Checkpoint, "on_epoch_end", real_save)
     look_ahead.clear()
     training.run(config, *toy_splits(60), export_dir=str(tmp_path / "export"), verbose=0)
     assert look_ahead, "the resumed run did not take the look-ahead path"
@@ -202,7 +202,7 @@ def test_history_follows_the_checkpoint(tmp_path, monkeypatch):
     training.run(whole, *toy_splits(), verbose=0)
     expected = read_history(str(tmp_path / "whole" / "history.csv"))
 
-    real_save = training.callbacks.Checkpoint.on_epoch_end
+    real_save = callbacks.Checkpoint.on_epoch_end
 
     def killed_at_the_second(self, epoch, logs=None):
         if epoch == 1:
@@ -210,11 +210,11 @@ def test_history_follows_the_checkpoint(tmp_path, monkeypatch):
         real_save(self, epoch, logs)
 
     config = training.RunConfig(model_dir=str(tmp_path / "run"), **settings)
-    monkeypatch.setattr(training.callbacks.Checkpoint, "on_epoch_end", killed_at_the_second)
+    monkeypatch.setattr(callbacks.Checkpoint, "on_epoch_end", killed_at_the_second)
     with pytest.raises(KeyboardInterrupt):
         training.run(config, *toy_splits(), verbose=0)
     assert [row["epoch"] for row in read_history(str(tmp_path / "run" / "history.csv"))] == [0, 1]
-    monkeypatch.setattr(training.callbacks.Checkpoint, "on_epoch_end", real_save)
+    monkeypatch.setattr(callbacks.Checkpoint, "on_epoch_end", real_save)
     training.run(config, *toy_splits(), verbose=0)
     with open(tmp_path / "run" / "history.csv") as f:
         assert [line.split(",")[0] for line in f][1:] == ["0", "1", "2"]  # each epoch's row once
@@ -275,7 +275,7 @@ def test_a_channels_first_keras_setting_is_refused_with_the_fix(tmp_path, monkey
 
 
 def test_an_evaluation_that_is_not_finite_stops_the_run():
-    guard = training.callbacks.StopOnNaN()
+    guard = callbacks.StopOnNaN()
     guard.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
     guard.model.stop_training = False  # as fit sets it
     guard.on_epoch_end(0, {"loss": 3.2, "val_loss": 2.9})
