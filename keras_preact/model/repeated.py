@@ -23,9 +23,7 @@ from keras_preact import choices
 from keras_preact.model.remat import pure_call
 from keras_preact.model.units import ResidualUnit
 
-# A written-out unit after a stage's first, and the stacked units that stand for a stage's
-# units 2..n (`stage3_units2to18`): the builders' names.
-UNIT_NAME = re.compile(r"stage(\d+)_unit(\d+)$")
+# The builders' name of the stacked units that stand for a stage's units 2..n (`stage3_units2to18`).
 REPEATED_NAME = re.compile(r"stage(\d+)_units(\d+)to(\d+)$")
 
 
