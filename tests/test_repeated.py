@@ -31,6 +31,12 @@ def test_the_scanned_network_computes_what_the_written_out_one_does(depth, block
     np.testing.assert_allclose(numpy(scanned(IMAGES, training=True)), numpy(plain(IMAGES, training=True)), atol=1e-5)
 
 
+def test_resnet164_has_the_papers_parameter_count():
+    model = keras_preact.ResNet164(scan_units=True)
+    assert model.count_params() == 1727482  # as written out (test_models.py)
+    assert [layer.count for layer in model.layers if isinstance(layer, RepeatedUnits)] == [17, 17, 17]
+
+
 @pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
 def test_a_training_step_gives_the_written_out_networks_weights_and_statistics(remat):
     plain, scanned = twins(20, "basic", remat=remat)
