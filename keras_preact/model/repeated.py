@@ -210,8 +210,9 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
 
     def value(place):
         variable, unit = sources[place]
-        array = arrays.setdefault(id(variable), ops.convert_to_numpy(variable))
-        return array if unit is None else array[unit]
+        if id(variable) not in arrays:
+            arrays[id(variable)] = ops.convert_to_numpy(variable)
+        return arrays[id(variable)] if unit is None else arrays[id(variable)][unit]
 
     units = {}  # a stacked target variable's values, one per unit
     for place, (variable, unit) in targets.items():
