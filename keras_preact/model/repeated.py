@@ -51,9 +51,7 @@ class RepeatedUnits(keras.layers.Layer):
         **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Each variable of the template unit is one variable here of shape `(count, *shape)`, named
-    after its path in the unit (`conv1_kernel`, `preact_bn_moving_mean`, ...). Under TensorFlow
-    the units run as a loop (Keras 3.15's TensorFlow scan stacks only per-step outputs shaped like
-    its carry), traced once per unit as before.
+    after its path in the unit (`conv1_kernel`, `preact_bn_moving_mean`, ...).
 
     Example:
 
@@ -134,7 +132,8 @@ class RepeatedUnits(keras.layers.Layer):
             outputs, new_state = pure_call(lambda: template(x, training=training), variables, values, state)
             return outputs, new_state if updates else []
 
-        outputs, new_state = _scan(step, inputs, [ops.convert_to_tensor(v.value) for v in self.stacked])
+        values = [ops.convert_to_tensor(v.value) for v in self.stacked]
+        outputs, new_state = _scan(step, inputs, values, [values[index] for index in self._state] if updates else [])
         if updates:
             for index, value in zip(self._state, new_state):
                 self.stacked[index].assign(value)
@@ -152,15 +151,23 @@ def _relative_name(variable, unit):
     return variable.path.rpartition(f"{unit.name}/")[2].replace("/", "_")
 
 
-def _scan(step, carry, stacked):
-    """`keras.ops.scan(step, carry, stacked)`; under TensorFlow, the same as a loop."""
+def _scan(step, carry, stacked, output_stacks):
+    """`keras.ops.scan(step, carry, stacked)`, whose step outputs are shaped like slices of
+    `output_stacks`. Keras 3.15.1's TensorFlow scan builds its per-step output arrays with the
+    carry's shape and dtype, so TensorFlow takes the same loop written here."""
     if keras.backend.backend() != "tensorflow":
         return ops.scan(step, carry, stacked)
-    outputs = []
-    for index in range(stacked[0].shape[0]):
-        carry, output = step(carry, [values[index] for values in stacked])
-        outputs.append(output)
-    return carry, [ops.stack(values) for values in zip(*outputs)]
+    import tensorflow as tf
+
+    count = stacked[0].shape[0]
+    arrays = [tf.TensorArray(values.dtype, size=count, element_shape=values.shape[1:]) for values in output_stacks]
+
+    def body(index, carry, arrays):
+        carry, outputs = step(carry, [tf.gather(values, index) for values in stacked])
+        return index + 1, carry, [array.write(index, output) for array, output in zip(arrays, outputs)]
+
+    _, carry, arrays = tf.while_loop(lambda index, *_: index < count, body, (tf.constant(0), carry, arrays))
+    return carry, [array.stack() for array in arrays]
 
 
 def stacks_units(weights) -> bool:
