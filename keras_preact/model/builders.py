@@ -284,13 +284,13 @@ def PreActResNet(
         stride_on: bottleneck stride on `"first_1x1"` (official CIFAR code) or `"3x3"` (FAIR,
             timm); defaults to the stem's official placement.
         remat: recompute each unit's activations in the backward pass (less memory, more
-            compute; see `ResidualUnit`). For ResNet-1001 use torch or JAX: TensorFlow's
-            tracing of hundreds of recomputed units takes many minutes.
+            compute; see `ResidualUnit`). For ResNet-1001 on TensorFlow add `scan_units=True`:
+            tracing hundreds of recomputed units written out takes many minutes.
         scan_units: run each stage's units after its first as one `RepeatedUnits` layer named
-            `stage{s}_units2to{n}`: one scan over their stacked weights, so XLA compiles one
-            unit per stage and compile time no longer grows with the depth (JAX; TensorFlow
-            still traces each unit). Same outputs, training and parameters as the written-out
-            network, whose weights files load either way.
+            `stage{s}_units2to{n}`: one scan over their stacked weights, so JAX (XLA) and
+            TensorFlow compile or trace one unit per stage and that time no longer grows with
+            the depth. Same outputs, training and parameters as the written-out network, whose
+            weights files load either way.
         dtype: the dtype policy of every layer (e.g. `"mixed_bfloat16"`); defaults to Keras'
             global policy. Under a mixed policy the classifier computes in float32.
         data_format: `"channels_last"` or `"channels_first"`; defaults to
