@@ -128,7 +128,8 @@ def keras_throughput(args):
     if args.step == "compile":
         static_shapes_for_torch_compile()
     start = time.perf_counter()
-    model = PreActResNet(args.depth, block=default_block(args.depth), remat=args.remat, dtype=PRECISIONS[args.precision])
+    model = PreActResNet(args.depth, block=default_block(args.depth), remat=args.remat, scan_units=args.scan_units,
+                         dtype=PRECISIONS[args.precision])
     build_seconds = time.perf_counter() - start
     model.compile(optimizer=TorchSGD(0.1, momentum=0.9, coupled_weight_decay=1e-4), loss="sparse_categorical_crossentropy",
                   jit_compile=args.compile)
@@ -262,6 +263,8 @@ def main():
     parser.add_argument("--steps", type=int, default=30, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats (the median counts)")
     parser.add_argument("--remat", action="store_true", help="keras_preact only: recompute each unit in the backward pass")
+    parser.add_argument("--scan_units", action="store_true",
+                        help="keras_preact only: each stage's units after its first as one scan (compiled once)")
     parser.add_argument("--precision", choices=["none", "bfloat16"], default="bfloat16")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="keras_preact: XLA on JAX, torch.compile on torch (the default of --step)")
@@ -281,7 +284,7 @@ def main():
         records = native_throughput(args)
     else:
         step = {"train_step": args.step} if args.step else {}
-        records = [{"remat": args.remat, "compile": args.compile, **step, **keras_throughput(args)}]
+        records = [{"remat": args.remat, "scan_units": args.scan_units, "compile": args.compile, **step, **keras_throughput(args)}]
     for record in records:
         print(json.dumps({"kind": "throughput", **config, **record}), flush=True)
 

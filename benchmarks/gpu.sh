@@ -9,8 +9,9 @@
 #            (bf16, to results.json and weights: no crash after the last step); ResNet-164 images/s
 #            at batch 128, bf16, of native PyTorch (eager and the whole step as one CUDA graph:
 #            the fair anchor), keras_preact on JAX and on torch (eager, and the whole step captured
-#            as one CUDA graph as a run takes it), with their ratios to the best
-#            native variant; ResNet-1001 peak memory with and without remat.
+#            as one CUDA graph as a run takes it), with their ratios to the best native variant;
+#            ResNet-1001 peak memory with and without remat (JAX: with its stacked units compiled
+#            once, `--scan_units`).
 # reproduce  Table 4's ResNet-164 row: `examples/cifar.py` as a user runs it (device pipeline,
 #            bf16, the paper's recipe: 64k iterations at batch 128) on the full CIFAR-10; the
 #            trained weights and their record come back as the preset files
@@ -126,7 +127,7 @@ prove)
     few="--steps=${R1001_STEPS:-3} --repeats=1"
     step torch_r1001 60 torch $python benchmarks/gpu.py --depth=$r1001 --batch=$batch --no-compile $few
     step torch_r1001_remat 60 torch $python benchmarks/gpu.py --depth=$r1001 --batch=$batch --no-compile --remat $few
-    step jax_r1001_remat 120 jax $python benchmarks/gpu.py --depth=$r1001 --batch=$batch --remat $few
+    step jax_r1001_remat 120 jax $python benchmarks/gpu.py --depth=$r1001 --batch=$batch --remat --scan_units $few
     ;;
 reproduce)
     train reproduce 100000 jax preset ${REPRODUCE_TRAIN:---depth=164}

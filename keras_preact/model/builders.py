@@ -14,6 +14,7 @@ from keras_preact import choices
 from keras_preact.model import presets
 from keras_preact.model.layers import batch_norm, conv
 from keras_preact.model.preprocessing import Normalize, normalization
+from keras_preact.model.repeated import RepeatedUnits, copy_weights, stacks_units
 from keras_preact.model.units import ResidualUnit, check_batch_norm_options
 
 # Torch's nn.Linear init, uniform(±1/sqrt(fan_in)); the official code zeroes the bias.
@@ -62,6 +63,7 @@ def check_architecture(
     downsample: str = "projection",
     stride_on: str | None = None,
     remat: bool = False,
+    scan_units: bool = False,
     **shortcut_options: float,
 ) -> tuple[int, ...]:
     """Checks the architecture arguments of `PreActResNet` (the one place their rules live: the
@@ -82,7 +84,10 @@ def check_architecture(
     if stride_on is not None:
         choices.STRIDE_PLACEMENTS.check(stride_on)
     choices.check_flag("remat", remat)
+    choices.check_flag("scan_units", scan_units)
     choices.shortcut_options(shortcut, shortcut_options)  # misplaced or bad options fail here
+    if scan_units and shortcut == "dropout":
+        raise ValueError("scan_units=True runs units that draw no random numbers; shortcut='dropout' needs scan_units=False.")
     if stem == "imagenet" and unit != "full_preact":
         raise ValueError(f"unit={unit!r} is one of the paper's CIFAR ablations; the ImageNet networks use 'full_preact'.")
     if stride_on is not None and block == "basic":
@@ -185,8 +190,10 @@ def _weights_file(weights, preset):
     return path
 
 
-def load_weights(model: keras.Model, path: str, description: str) -> None:
-    """`model.load_weights(path)` with errors that name the file and what to do."""
+def load_weights(model: keras.Model, path: str, description: str, other_layout=None) -> None:
+    """`model.load_weights(path)` with errors that name the file and what to do. `other_layout`:
+    None, or a function that builds `model`'s network with the other `scan_units`, whose
+    weights files load too (`repeated.copy_weights`)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"weights file {path!r} {'is a directory' if os.path.isdir(path) else 'does not exist'}. "
@@ -195,7 +202,12 @@ def load_weights(model: keras.Model, path: str, description: str) -> None:
     if not path.endswith(".weights.h5"):
         raise ValueError(f"weights file {path!r} must end in .weights.h5 (Keras' weights format).")
     try:
-        model.load_weights(path)
+        if other_layout is not None and stacks_units(path) != stacks_units(model):
+            other = other_layout()
+            other.load_weights(path)
+            copy_weights(other, model)
+        else:
+            model.load_weights(path)
     except OSError as error:  # h5py: "file signature not found", truncated files
         raise ValueError(f"weights file {path!r} is not a readable Keras weights file (HDF5): {error}.") from None
     except (ValueError, KeyError) as error:
@@ -226,6 +238,7 @@ def PreActResNet(
     shortcut: str = "identity",
     stride_on: str | None = None,
     remat: bool = False,
+    scan_units: bool = False,
     dtype: str | keras.DTypePolicy | None = None,
     data_format: str | None = None,
     batch_norm_options: dict | None = None,
@@ -271,8 +284,13 @@ def PreActResNet(
         stride_on: bottleneck stride on `"first_1x1"` (official CIFAR code) or `"3x3"` (FAIR,
             timm); defaults to the stem's official placement.
         remat: recompute each unit's activations in the backward pass (less memory, more
-            compute; see `ResidualUnit`). For ResNet-1001 use torch or JAX: TensorFlow's
-            tracing of hundreds of recomputed units takes many minutes.
+            compute; see `ResidualUnit`). For ResNet-1001 on TensorFlow add `scan_units=True`:
+            tracing hundreds of recomputed units written out takes many minutes.
+        scan_units: run each stage's units after its first as one `RepeatedUnits` layer named
+            `stage{s}_units2to{n}`: one scan over their stacked weights, so JAX (XLA) and
+            TensorFlow compile or trace one unit per stage and that time no longer grows with
+            the depth. Same outputs, training and parameters as the written-out network, whose
+            weights files load either way.
         dtype: the dtype policy of every layer (e.g. `"mixed_bfloat16"`); defaults to Keras'
             global policy. Under a mixed policy the classifier computes in float32.
         data_format: `"channels_last"` or `"channels_first"`; defaults to
@@ -296,12 +314,13 @@ def PreActResNet(
     >>> model.count_params()
     273658
     """
+    arguments = dict(locals())  # before any other name: to build the other layout of the network
     unknown = set(shortcut_options) - set(choices.SHORTCUT_OPTIONS)
     if unknown:
         raise TypeError(f"PreActResNet() got unexpected keyword argument(s): {', '.join(sorted(unknown))}.")
     stages = check_architecture(
         depth, block, stem, unit=unit, shortcut=shortcut, downsample=downsample, stride_on=stride_on, remat=remat,
-        **shortcut_options,
+        scan_units=scan_units, **shortcut_options,
     )
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"Unknown pooling={pooling!r}. Valid values: None, 'avg', 'max'.")
@@ -318,29 +337,19 @@ def PreActResNet(
     x = _preprocessing(inputs, include_preprocessing, stem, classes, axis, policy)
     x = _stem(x, stem, unit, data_format, axis, policy, norm_options)
     for stage, ((filters, stride), count) in enumerate(zip(choices.STEMS[stem].stages, stages), start=1):
-        for index in range(1, count + 1):
-            if index > 1:
-                preactivation = "residual"
-            elif stem == "imagenet" and stage == 1:
-                preactivation = "none"  # the stem already ends in BN-ReLU
-            else:
-                preactivation = "shared"
-            x = ResidualUnit(
-                filters,
-                block=block,
-                strides=stride if index == 1 else 1,
-                stride_on=stride_on or choices.STEMS[stem].stride_on,
-                preactivation=preactivation,
-                downsample=downsample,
-                ordering=unit,
-                shortcut=shortcut,
-                remat=remat,
-                data_format=data_format,
-                dtype=policy,
-                batch_norm_options=norm_options,
-                name=f"stage{stage}_unit{index}",
-                **shortcut_options,
-            )(x)
+        options = dict(
+            filters=filters, block=block, stride_on=stride_on or choices.STEMS[stem].stride_on, downsample=downsample,
+            ordering=unit, shortcut=shortcut, remat=remat, data_format=data_format,
+            batch_norm_options=norm_options, **shortcut_options,
+        )
+        # The first unit of a stage pre-activates before the split (none after the ImageNet stem's BN-ReLU).
+        first = "none" if stem == "imagenet" and stage == 1 else "shared"
+        x = ResidualUnit(strides=stride, preactivation=first, dtype=policy, name=f"stage{stage}_unit1", **options)(x)
+        if scan_units and count > 1:
+            x = RepeatedUnits(count - 1, options, dtype=policy, name=f"stage{stage}_units2to{count}")(x)
+            continue
+        for index in range(2, count + 1):
+            x = ResidualUnit(dtype=policy, name=f"stage{stage}_unit{index}", **options)(x)
     x = _activate(x, choices.ORDERINGS[unit].head, "post", axis, policy, norm_options)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(data_format=data_format, dtype=policy, name="avg_pool")(x)
@@ -363,7 +372,12 @@ def PreActResNet(
     # The model's own policy too: Keras' compile adds loss scaling when it is mixed_float16.
     model.dtype_policy = policy
     if weights_file is not None:
-        load_weights(model, weights_file, f"{name} (depth={depth}, block={block!r}, classes={classes}, include_top={include_top})")
+        other = {key: value for key, value in arguments.items() if key != "shortcut_options"}
+        other.update(arguments["shortcut_options"], scan_units=not scan_units, weights=None)
+        load_weights(
+            model, weights_file, f"{name} (depth={depth}, block={block!r}, classes={classes}, include_top={include_top})",
+            other_layout=lambda: PreActResNet(**other),
+        )
     return model
 
 

@@ -15,6 +15,8 @@ import os
 
 from keras_preact import choices
 
+# Options of how a network runs, not of what it computes: a preset's weights fit either way.
+EXECUTION_OPTIONS = ("remat", "scan_units")
 PRESETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "presets")
 
 
@@ -100,7 +102,7 @@ def write_preset(model_dir: str, destination: str | None = None, device: str | N
         config = json.load(f)
     with open(os.path.join(model_dir, "results.json"), encoding="utf-8") as f:
         results = json.load(f)
-    options = {k: v for k, v in config["model_options"].items() if k != "remat"}  # remat changes no weight
+    options = {k: v for k, v in config["model_options"].items() if k not in EXECUTION_OPTIONS}
     name = f"preact_resnet{config['depth']}.{config['dataset']}"
     preset = PRESETS.get(name)
     values = {

@@ -5,12 +5,20 @@ Keras' `RematScope` fails on these units (measured with Keras 3.15.1): TensorFlo
 `tf.recompute_grad` rejects the `training=` keyword in graph mode, the stateful BatchNorm update
 escapes `jax.checkpoint`, and torch's recomputation updates the moving statistics a second time.
 So the forward pass runs as a *pure function* of the input and the layer's variables
-(`keras.StatelessScope`) under `keras.remat`; the new state values are outputs of that function,
-assigned after it.
+(`pure_call`) under `keras.remat`; the new state values are outputs of that function, assigned
+after it.
 """
 
 import keras
 from keras import ops
+
+
+def pure_call(forward, variables, values, state):
+    """`forward()` as a pure function: each of `variables` reads as its entry of `values` and
+    nothing is assigned. Returns its outputs and the new values of the variables `state`."""
+    with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+        outputs = forward()
+    return outputs, [scope.get_current_value(variable) for variable in state]
 
 
 def rematerialized_call(layer, forward, inputs):
@@ -19,12 +27,7 @@ def rematerialized_call(layer, forward, inputs):
     state = layer.non_trainable_variables
 
     def pure(x, *values):
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
-            outputs = forward(x)
-            new_state = []
-            for variable, value in zip(state, values[len(variables) - len(state) :]):
-                current = scope.get_current_value(variable)
-                new_state.append(value if current is None else current)
+        outputs, new_state = pure_call(lambda: forward(x), variables, values, state)
         return (outputs, *new_state)
 
     # Copies of the state: it is assigned below, and torch's checkpoint keeps the inputs it

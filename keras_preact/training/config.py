@@ -17,7 +17,7 @@ from keras_preact.training import folders
 from keras_preact.training.recipe import OPTIMIZER_SETTINGS, optimizer_settings
 
 # PreActResNet arguments a run may set (beyond depth, block and classes, which it sets itself).
-MODEL_OPTIONS = ("stem", "unit", "shortcut", "downsample", "stride_on", "remat", *choices.SHORTCUT_OPTIONS)
+MODEL_OPTIONS = ("stem", "unit", "shortcut", "downsample", "stride_on", "remat", "scan_units", *choices.SHORTCUT_OPTIONS)
 
 
 @dataclasses.dataclass(frozen=True)
