@@ -37,10 +37,12 @@ SILENT_SECONDS = 20.0  # survivors stop within this after a peer's machine vanis
 CONNECT_SECONDS = 300.0  # how long a process waits for the chief to listen
 PORT_OFFSET = 1  # the heartbeat's port: the coordinator's + 1
 HOLD_SECONDS = 0.5  # the training process's stderr is this late, so a lost peer's errors can be dropped
-DRAIN_SECONDS = 5.0  # after the training process's end, how long its last stderr may take to arrive
+HELD_CHUNKS = 256  # of at most 64 KiB each
+DRAIN_SECONDS = 5.0  # after finished(), how long a subprocess that shares the stderr pipe may hold it open
 
 _current = None
 _stderr = None  # the training process's own standard error, while the child relays it
+_lock = threading.Lock()
 
 
 def message(index, count, event):
@@ -58,7 +60,7 @@ def message(index, count, event):
 
 def start(address, index, count):
     """Watches the other processes (`address`: the chief's "host:port" heartbeat address)."""
-    global _current, _stderr
+    global _current
     if _current is not None:
         return
     relay, relayed = os.pipe()
@@ -70,24 +72,63 @@ def start(address, index, count):
         os.close(relayed)
         child.wait()
         raise RuntimeError(problem or "The heartbeat process ended at its start.")
-    sys.stderr.flush()
-    _stderr = os.dup(2)
-    os.dup2(relayed, 2)  # C++ writes to the descriptor too, so it is the descriptor that moves
-    os.close(relayed)
+    _relay_stderr(relayed)
     atexit.register(_tell, child, "stopped")
     _current = child
+    threading.Thread(target=_outlive, args=(child, index, count), daemon=True, name="keras_preact-heartbeat").start()
+
+
+def _relay_stderr(relayed):
+    """Points this process's standard error (the descriptor: C++ writes to it too) at the child's relay."""
+    global _stderr
+    try:
+        os.fstat(2)
+    except OSError:  # started with stderr closed: nothing to relay
+        os.close(relayed)
+        return
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    _stderr = os.dup(2)
+    os.dup2(relayed, 2)
+    os.close(relayed)
+
+
+def _restore_stderr():
+    """This process's own standard error back on its descriptor (once)."""
+    global _stderr
+    with _lock:
+        if _stderr is None:
+            return
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        os.dup2(_stderr, 2)
+        os.close(_stderr)
+        _stderr = None
+
+
+def _outlive(child, index, count):
+    """If the child ends before the run does (killed, out of memory), this process's stderr comes
+    back to it and it stops: its peers count it as lost and stop too."""
+    status = child.wait()
+    if _current is not child:  # finished(): the run ended well
+        return
+    _restore_stderr()
+    print(f"keras_preact: the heartbeat process of process {index} of {count} ended (exit status {status}); "
+          "this process stops too. Run the same command again on every process to resume from the last checkpoint.",
+          file=sys.stderr, flush=True)
+    if sys.stdout is not None:
+        sys.stdout.flush()
+    os._exit(1)
 
 
 def finished():
     """The run ended well here: the peers stop watching this process, and it stops watching them."""
-    global _current, _stderr
-    if _current is not None:
-        sys.stderr.flush()
-        os.dup2(_stderr, 2)  # the child relays what it holds, and exits at the pipe's end
-        os.close(_stderr)
-        _tell(_current, "end")
-        _current.wait()
-        _current = _stderr = None
+    global _current
+    child, _current = _current, None
+    if child is not None:
+        _restore_stderr()  # the child relays what it holds, and exits at the pipe's end
+        _tell(child, "end")
+        child.wait()
 
 
 def wait_for_verdict(seconds=5.0):
@@ -108,10 +149,11 @@ def _tell(child, word):
 
 class _Relay:
     """Copies the training process's standard error (the pipe `fd`) to this process's, each chunk
-    `HOLD_SECONDS` after it came, until the pipe ends or `drop()`."""
+    `HOLD_SECONDS` after it came, until the pipe ends or `drop()`. At most `HELD_CHUNKS` wait: a
+    slow reader of stderr slows its writer, as without the relay."""
 
     def __init__(self, fd):
-        self.chunks, self.dropped = queue.Queue(), False
+        self.chunks, self.dropped = queue.Queue(HELD_CHUNKS), False
         self.reader = threading.Thread(target=self._read, args=(fd,), daemon=True)
         self.writer = threading.Thread(target=self._write, daemon=True)
         self.reader.start()
@@ -123,26 +165,29 @@ class _Relay:
         self.chunks.put((0.0, b""))
 
     def _write(self):
-        draining = False
         while True:
             due, chunk = self.chunks.get()
-            if not chunk:
+            if not chunk or self.dropped:
                 return
-            if not draining:
+            if self.reader.is_alive():  # once the pipe has ended, the rest goes at once
                 time.sleep(max(0.0, due - time.monotonic()))
             if self.dropped:
                 return
-            os.write(2, chunk)
-            draining = not self.reader.is_alive()  # the pipe ended: the rest at once
+            try:
+                while chunk:
+                    chunk = chunk[os.write(2, chunk):]
+            except OSError:  # nobody reads this process's stderr any more
+                return
 
     def drop(self):
         self.dropped = True
 
-    def drain(self):
-        """Waits for the pipe's end (the training process's), at most `DRAIN_SECONDS`, and for what it held."""
-        self.reader.join(DRAIN_SECONDS)
+    def drain(self, seconds):
+        """Relays the rest: until the pipe ends (all its writers have exited; at most `seconds`,
+        None: no limit), then everything it held."""
+        self.reader.join(seconds)
         self.chunks.put((0.0, b""))
-        self.writer.join(HOLD_SECONDS + 1.0)
+        self.writer.join()
 
 
 class _Heartbeat:
@@ -252,10 +297,13 @@ class _Heartbeat:
     def follow_parent(self):
         """Until the training process says how it ended ("end", "stopped"), or dies (end of input:
         the connections close and the peers see it lost); then relays the rest of its stderr."""
-        self.close(sys.stdin.readline().strip() or "lost")  # no word: it died
-        self.relay.drain()
+        word = sys.stdin.readline().strip()
+        self.close(word or "lost")  # no word: it died
+        # After finished() it waits for this process; otherwise it is exiting or gone, and all it wrote is relayed.
+        self.relay.drain(DRAIN_SECONDS if word == "end" else None)
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the training process's to report
     relay = _Relay(int(sys.argv[5]))
     _Heartbeat(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), relay).follow_parent()
