@@ -3,6 +3,7 @@ and the levels of their log lines."""
 
 import argparse
 import logging
+import re
 
 VERBOSITIES = ("debug", "info", "warning", "error")  # --verbosity
 
@@ -27,15 +28,14 @@ def number(kind):
     itself, for the command's own check to refuse naming the flag and its valid range (argparse's
     "invalid int value" names no range).
 
-    >>> number(int)("8"), number(float)("0.5"), number(int)("many")
-    (8, 0.5, 'many')
+    >>> number(int)("8"), number(float)("0.5"), number(int)("many"), number(int)("8_501")
+    (8, 0.5, 'many', '8_501')
     """
 
-    def parse(text):
-        try:
-            return kind(text)
-        except ValueError:
-            return text
+    syntax = r"[+-]?[0-9]+" if kind is int else r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
+
+    def parse(text):  # ASCII decimal only: Python's int() and float() also take "8_501" and other scripts' digits
+        return kind(text) if re.fullmatch(syntax, text) else text
 
     parse.__name__ = kind.__name__
     return parse

@@ -34,7 +34,7 @@ def _parser():
     parser.add_argument("--version_policy", default="latest:1",
                         help="the versions served: latest:N (the N highest), all, or specific:V1,V2 (TF Serving's policies)")
     parser.add_argument("--file_system_poll_wait_seconds", type=command_line.number(float), default=1.0,
-                        help=f"seconds between looks at --export_dir for new versions (0: only at start; at most {MAX_SECONDS})")
+                        help=f"seconds between looks at --export_dir for new versions: 0.1 to {MAX_SECONDS}, or 0: only at start")
     parser.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json (default: off)")
     parser.add_argument("--verbosity", choices=command_line.VERBOSITIES, default="info",
                         help="the least severe log lines shown (info: one line a request); TensorFlow's C++ log "
@@ -62,7 +62,8 @@ def _check(args):
     if not isinstance(args.port, int) or not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be from 1 to 65535, got {args.port!r}.")
     choices.check_number("--read_timeout", args.read_timeout, low=0.001, high=MAX_SECONDS)
-    choices.check_number("--file_system_poll_wait_seconds", args.file_system_poll_wait_seconds, low=0, high=MAX_SECONDS)
+    if args.file_system_poll_wait_seconds != 0:  # 0: only at start; a shorter interval would be a busy loop
+        choices.check_number("--file_system_poll_wait_seconds", args.file_system_poll_wait_seconds, low=0.1, high=MAX_SECONDS)
     VersionPolicy.parse(args.version_policy)
     return _labels(args.version_labels)
 

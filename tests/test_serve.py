@@ -554,13 +554,16 @@ def test_every_flag_is_checked_at_start(server, tmp_path, capsys):
         (["--version_labels=stable=3"], export_dir, "Label 'stable' names version 3, which is not a complete version"),
         (["--version_policy=newest"], export_dir, "version_policy must be latest:N, all or specific:V1,V2,...; got 'newest'"),
         (["--version_policy=specific:7"], export_dir, "has none of the versions 7 that version_policy names"),
-        (["--file_system_poll_wait_seconds=-1"], export_dir, "--file_system_poll_wait_seconds must be in [0"),
+        (["--file_system_poll_wait_seconds=-1"], export_dir, "--file_system_poll_wait_seconds must be in [0.1"),
+        (["--file_system_poll_wait_seconds=0.001"], export_dir, "--file_system_poll_wait_seconds must be in [0.1, 86400]"),
         (["--read_timeout=1e300"], export_dir, "--read_timeout must be in [0.001, 86400], got 1e+300"),
         (["--file_system_poll_wait_seconds=inf"], export_dir,
-         "--file_system_poll_wait_seconds must be a finite number, got inf (valid: [0, 86400])"),
-        (["--file_system_poll_wait_seconds=1e10"], export_dir, "--file_system_poll_wait_seconds must be in [0, 86400]"),
+         "--file_system_poll_wait_seconds must be a finite number, got 'inf' (valid: [0.1, 86400])"),
+        (["--file_system_poll_wait_seconds=1e10"], export_dir, "--file_system_poll_wait_seconds must be in [0.1, 86400]"),
         (["--version_policy=specific:99999999999999999999"], export_dir, "names a version above 9223372036854775807"),
         (["--port=http"], export_dir, "--port must be from 1 to 65535, got 'http'"),
+        (["--port=8_501"], export_dir, "--port must be from 1 to 65535, got '8_501'"),
+        (["--port=\uff18\uff15\uff10\uff11"], export_dir, "--port must be from 1 to 65535, got '\uff18\uff15\uff10\uff11'"),
         (["--max_batch=lots"], export_dir, "--max_batch must be a positive integer of at most 1024, got 'lots'"),
         (["--read_timeout=5s"], export_dir, "--read_timeout must be a finite number, got '5s' (valid: [0.001, 86400])"),
     ]
@@ -856,6 +859,17 @@ def test_one_bound_for_versions_wherever_they_come_from():
     with pytest.raises(ValueError, match=f"is above {MAX_VERSION}"):
         check_version("version", MAX_VERSION + 1)
     assert parse_version(str(MAX_VERSION + 1)) is None
+
+
+def test_numbered_folders_that_are_no_version_are_named_not_served(tmp_path):
+    """A folder above int64's largest, or with leading zeros, is no version an export writes: skipped with its reason."""
+    from keras_preact.serving.layout import MAX_VERSION, NOT_A_VERSION, next_version, servable_versions
+
+    for name in ("1", "007", str(MAX_VERSION + 1), "9" * 250):
+        os.makedirs(tmp_path / name)
+    complete, skipped = servable_versions(str(tmp_path))
+    assert complete == [] and [reason for _, reason in skipped].count(NOT_A_VERSION) == 3
+    assert ("1", "no saved_model.pb") in skipped and next_version(str(tmp_path)) == 2
 
 
 def test_the_logged_url_brackets_an_ipv6_host(server, monkeypatch, caplog):

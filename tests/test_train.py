@@ -258,6 +258,19 @@ def test_a_second_run_is_refused_before_it_decodes_its_data(tmp_path, monkeypatc
     assert os.listdir(tmp_path) == [".lock"]
 
 
+def test_a_model_dir_this_process_cannot_write_is_refused_before_decoding(tmp_path, monkeypatch):
+    from keras_preact.training import folders
+
+    monkeypatch.setattr(folders, "reading", lambda *args: pytest.fail("the data set is being decoded"))
+    real_access = os.access  # a folder of another user's (root may write anywhere), or a read-only mount
+    monkeypatch.setattr(os, "access", lambda path, mode: path != str(tmp_path) and real_access(path, mode))
+    sample = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "cifar10-sample")
+    config = training.RunConfig(depth=8, epochs=1, batch_size=20, data_dir=sample, model_dir=str(tmp_path / "new" / "run"))
+    with pytest.raises(PermissionError, match=rf"model_dir {tmp_path}/new/run cannot be written \({tmp_path} is read-only"):
+        training.run(config, verbose=0)
+    assert os.listdir(tmp_path) == []
+
+
 def test_images_of_another_class_count_are_refused_before_training(tmp_path):
     images, labels = toy_splits()[0].images, toy_splits()[0].labels
     three = dataclasses.replace(from_arrays(images, labels), class_names=("red", "green", "blue"))

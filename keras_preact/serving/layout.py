@@ -22,6 +22,7 @@ MAX_VERSION = 2**63 - 1  # TF Serving reads versions as int64
 WRITER_LOCK = ".writer.lock"  # in a partial folder: locked by the export writing it
 BEING_WRITTEN = "an export still being written (served once it completes)"
 ABANDONED = "an export that did not finish (safe to delete)"
+NOT_A_VERSION = f"not a version folder: versions are named 0 to {MAX_VERSION} without leading zeros (rename it)"
 
 
 def check_export_dir(export_dir):
@@ -84,7 +85,12 @@ def versions(export_dir):
     """The numbered version folders of `export_dir`, ascending (complete or not)."""
     if not os.path.isdir(export_dir):
         return []
-    return sorted(int(name) for name in os.listdir(export_dir) if VERSION.fullmatch(name))
+    return sorted(int(name) for name in os.listdir(export_dir) if _names_a_version(name))
+
+
+def _names_a_version(name):
+    """Whether the folder `name` is a version as exports write them: digits without leading zeros, up to int64."""
+    return VERSION.fullmatch(name) is not None and parse_version(name) is not None
 
 
 def next_version(export_dir):
@@ -149,4 +155,6 @@ def servable_versions(export_dir):
     for name in sorted(os.listdir(export_dir)) if os.path.isdir(export_dir) else ():
         if PARTIAL in name:
             skipped.append((name, BEING_WRITTEN if being_written(os.path.join(export_dir, name)) else ABANDONED))
+        elif re.fullmatch(r"[0-9]+", name) and not _names_a_version(name):
+            skipped.append((shown(name), NOT_A_VERSION))
     return complete, skipped

@@ -422,14 +422,27 @@ def _lock(lock, model_dir, mode):
 
 
 def _check_free(model_dir):
-    """Refuses now a `model_dir` that another run holds (`_exclusive`), which this run claims only
-    once its data is loaded (nothing is written before)."""
+    """Refuses now a `model_dir` that this run could not write, or that another run holds
+    (`_exclusive`), which this run claims only once its data is loaded (nothing is written before)."""
+    existing = model_dir
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing) or "."
+    if not os.access(existing, os.W_OK) or _read_only(existing):
+        raise PermissionError(
+            f"model_dir {model_dir} cannot be written ({existing} is read-only to this process); pass a "
+            "folder this process may write, where the run keeps its checkpoint and results."
+        )
     try:
         lock = open(os.path.join(model_dir, LOCK))
     except OSError:  # no lock file (no run has written there), or no folder
         return
     with lock:
         _lock(lock, model_dir, fcntl.LOCK_SH)  # released at once: the claim is `_exclusive`'s
+
+
+def _read_only(path):
+    """Whether `path` is on a file system mounted read-only (which os.access does not tell for root)."""
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
 
 
 @contextlib.contextmanager
