@@ -36,6 +36,11 @@ FULL_SUITE = (
     "test_serve.py::test_a_new_version_is_served_under_load_without_a_lost_request",
     "test_serve.py::test_many_stalled_uploads_are_all_closed",
     "test_export.py::test_imagenet_builder_exports_with_resize_and_centre_crop",
+    "test_repeated.py::test_a_frozen_stage_keeps_its_statistics_as_written_out_units_do",
+    "test_repeated.py::test_weights_files_load_into_either_layout",
+    "test_repeated.py::test_the_run_configuration_takes_scan_units",
+    "test_repeated.py::test_bad_arguments_are_refused",
+    "test_repeated.py::test_the_scanned_network_exports_to_a_saved_model",
     "builders.py::keras_preact.model.builders.ResNet1001",  # builds 333 units; counted in test_models
     "saved_model.py::keras_preact.serving.saved_model.export_onnx",  # test_export compares an ONNX export
 )
