@@ -196,6 +196,14 @@ def peers_report_first():
 
 def finished():
     """This process's part of the run ended well: its peers may exit without it counting as lost."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if jax.distributed.is_initialized():
+            # JAX's end-of-run barrier (else at exit), while the heartbeat still watches: a peer
+            # lost after the heartbeat ends would hold this process there for the coordination
+            # service's 100 s heartbeat timeout, then abort it with a FATAL line.
+            jax.distributed.shutdown()
     heartbeat.finished()
 
 
