@@ -45,12 +45,13 @@ def _parser():
 def _labels(text):
     labels = {}
     for item in filter(None, text.split(",")):
-        label, _, version = item.partition("=")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", label) or not parse_version(version):  # 1 to int64's largest
+        label, _, text = item.partition("=")
+        version = parse_version(text)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", label) or not version:  # 1 to int64's largest
             raise ValueError(f"--version_labels takes LABEL=VERSION pairs such as stable=1,canary=2; got {item!r}.")
         if label in labels:
             raise ValueError(f"--version_labels names {label!r} twice.")
-        labels[label] = parse_version(version)
+        labels[label] = version
     return labels
 
 

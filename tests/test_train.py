@@ -269,6 +269,12 @@ def test_a_model_dir_this_process_cannot_write_is_refused_before_decoding(tmp_pa
     with pytest.raises(PermissionError, match=rf"model_dir {tmp_path}/new/run cannot be written \({tmp_path} is read-only"):
         training.run(config, verbose=0)
     assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    monkeypatch.setattr(folders, "reading", lambda *args: pytest.fail("the data set is being decoded"))
+    (tmp_path / "file").write_text("")
+    under_a_file = dataclasses.replace(config, model_dir=str(tmp_path / "file" / "run"))
+    with pytest.raises(PermissionError, match=rf"cannot be written \({tmp_path}/file is a file\)"):
+        training.run(under_a_file, verbose=0)
 
 
 def test_images_of_another_class_count_are_refused_before_training(tmp_path):

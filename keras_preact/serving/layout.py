@@ -33,18 +33,34 @@ def check_export_dir(export_dir):
     export_dir = os.fspath(export_dir)
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise NotADirectoryError(f"export_dir {export_dir!r} is a file; pass a folder for the version folders.")
-    existing = os.path.abspath(export_dir)
+    found = unwritable(export_dir)
+    if found is None:
+        return
+    existing, reason = found
+    if reason == "file":
+        raise NotADirectoryError(f"export_dir {export_dir!r} lies under the file {existing!r}; pass a folder path.")
+    if reason == "permissions":
+        raise PermissionError(f"export_dir {export_dir!r}: {existing!r} is not writable.")
+    raise PermissionError(f"export_dir {export_dir!r}: no folder can be created in {existing!r} ({reason}).")
+
+
+def unwritable(path):
+    """Why this process cannot make the folder `path` (or write in it): None where it can, else the
+    nearest existing path at or above it and what stops it — "file" (that path is a file),
+    "permissions", or the file system's reason where the permission bits allow but no folder can be
+    made (/proc, a read-only mount, which the bits do not show for root)."""
+    existing = os.path.abspath(path)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise NotADirectoryError(f"export_dir {export_dir!r} lies under the file {existing!r}; pass a folder path.")
+        return existing, "file"
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"export_dir {export_dir!r}: {existing!r} is not writable.")
-    # Permission bits can say yes where no folder can be made (/proc, read-only mounts): try one.
-    try:
+        return existing, "permissions"
+    try:  # the bits say yes: try one
         os.rmdir(tempfile.mkdtemp(prefix=".keras_preact-probe-", dir=existing))
     except OSError as error:
-        raise PermissionError(f"export_dir {export_dir!r}: no folder can be created in {existing!r} ({error.strerror}).") from None
+        return existing, error.strerror
+    return None
 
 
 def is_version(number):

@@ -23,7 +23,7 @@ import keras
 
 from keras_preact import choices, runtime
 from keras_preact.model.builders import load_weights
-from keras_preact.serving.layout import check_export_dir, next_version
+from keras_preact.serving.layout import check_export_dir, next_version, unwritable
 from keras_preact.serving.saved_model import export_saved_model
 from keras_preact.training import custom_loop, distribute, folders, pipelines, step_capture
 from keras_preact.training.callbacks import Checkpoint, StopOnNaN, Throughput
@@ -424,13 +424,12 @@ def _lock(lock, model_dir, mode):
 def _check_free(model_dir):
     """Refuses now a `model_dir` that this run could not write, or that another run holds
     (`_exclusive`), which this run claims only once its data is loaded (nothing is written before)."""
-    existing = model_dir
-    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing) or "."
-    if not os.access(existing, os.W_OK) or _read_only(existing):
+    found = unwritable(model_dir)
+    if found is not None:
+        existing, reason = found
         raise PermissionError(
-            f"model_dir {model_dir} cannot be written ({existing} is read-only to this process); pass a "
-            "folder this process may write, where the run keeps its checkpoint and results."
+            f"model_dir {model_dir} cannot be written ({existing} {'is a file' if reason == 'file' else 'is read-only to this process'}); "
+            "pass a folder this process may write, where the run keeps its checkpoint and results."
         )
     try:
         lock = open(os.path.join(model_dir, LOCK))
@@ -438,11 +437,6 @@ def _check_free(model_dir):
         return
     with lock:
         _lock(lock, model_dir, fcntl.LOCK_SH)  # released at once: the claim is `_exclusive`'s
-
-
-def _read_only(path):
-    """Whether `path` is on a file system mounted read-only (which os.access does not tell for root)."""
-    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
 
 
 @contextlib.contextmanager
